@@ -1,0 +1,5 @@
+import sys
+
+from aigw.cli import main
+
+sys.exit(main())

@@ -1,0 +1,116 @@
+"""Minimal ASGI plumbing for the hot path: read a bounded body, send JSON, send errors.
+
+The proxy endpoints are plain ASGI callables rather than Starlette request/response
+functions: they pay for nothing they do not use, and they own streaming and disconnect
+handling end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from aigw.errors import GatewayError, PayloadTooLargeError
+
+__all__ = [
+    "Receive",
+    "Scope",
+    "Send",
+    "read_body",
+    "run_until_disconnect",
+    "send_error",
+    "send_json",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("aigw.api")
+_JSON = (b"content-type", b"application/json")
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, or PayloadTooLargeError as soon as it exceeds ``limit``."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise _too_large(limit)
+            break
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect while uploading
+            raise asyncio.CancelledError("client disconnected while sending the body")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"Request body is larger than this gateway's limit of {limit} bytes.",
+        code="request_too_large",
+    )
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    raw = [_JSON, (b"content-length", str(len(body)).encode())]
+    if headers:
+        raw.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(
+    send: Send, error: GatewayError, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    extra = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send_json(send, error.status, orjson.dumps(error.to_dict()), extra + (headers or []))
+
+
+async def run_until_disconnect(receive: Receive, work: Awaitable[None]) -> bool:
+    """Run ``work``; cancel it at once if the client disconnects. True if it was cancelled.
+
+    Only call after the request body has been read: from then on the next ASGI message can
+    only be ``http.disconnect``.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        watcher.cancel()
+        raise
+    if task in done:
+        watcher.cancel()
+        task.result()  # re-raise its error, if any
+        return False
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:  # the work failed while being cancelled: nobody left to tell
+        log.debug("work failed after client disconnect", exc_info=True)
+    return True
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

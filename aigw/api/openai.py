@@ -1,0 +1,90 @@
+"""The OpenAI-compatible proxy endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings.
+
+Each is a plain ASGI callable (see :mod:`aigw.api.asgi` for why). After the body is read, the
+rest of the request runs under :func:`run_until_disconnect`, so a client that goes away
+cancels the upstream request at once, whether it was waiting for a reply or streaming one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from aigw.api.asgi import (
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    run_until_disconnect,
+    send_error,
+    send_json,
+)
+from aigw.api.validation import VALIDATORS, parse_body
+from aigw.errors import GatewayError
+from aigw.providers import Endpoint
+
+if TYPE_CHECKING:
+    from aigw.app import AppState
+
+__all__ = ["ProxyEndpoint"]
+
+log = logging.getLogger("aigw.api")
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # tell nginx-style proxies in front of us not to buffer
+]
+
+
+class ProxyEndpoint:
+    """ASGI app serving one OpenAI operation through the gateway."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self._validate = VALIDATORS[endpoint]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state: AppState = scope["app"].state.aigw
+        response_started = False
+
+        async def tracked_send(message: dict[str, object]) -> None:
+            nonlocal response_started
+            response_started = True
+            await send(message)
+
+        try:
+            raw = await read_body(scope, receive, state.config.server.max_body_bytes)
+            body = parse_body(raw)
+            self._validate(body)
+            if body.get("stream"):
+                work = self._stream(body, state, tracked_send)
+            else:
+                work = self._complete(body, state, tracked_send)
+            await run_until_disconnect(receive, work)
+        except GatewayError as exc:
+            if not response_started:
+                await send_error(send, exc)
+            else:
+                log.warning("error after the response started: %s", exc.message)
+
+    async def _complete(self, body: dict[str, object], state: AppState, send: Send) -> None:
+        reply = await state.gateway.complete(self.endpoint, body)
+        await send_json(
+            send, 200, reply.body, [(b"x-aigw-deployment", reply.deployment.id.encode())]
+        )
+
+    async def _stream(self, body: dict[str, object], state: AppState, send: Send) -> None:
+        stream = await state.gateway.open_stream(self.endpoint, body)
+        headers = [*_SSE_HEADERS, (b"x-aigw-deployment", stream.deployment.id.encode())]
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+        except BaseException:
+            stream.close()
+            raise
+
+        async def send_chunk(chunk: bytes) -> None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        await stream.relay(send_chunk)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

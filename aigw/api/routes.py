@@ -1,0 +1,90 @@
+"""Small endpoints: model list, liveness, readiness, and OpenAI-shaped errors for the rest."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from aigw.errors import GatewayError, MethodNotAllowedError, NotFoundError
+
+if TYPE_CHECKING:
+    from aigw.app import AppState
+
+__all__ = ["error_response", "healthz", "http_exception", "list_models", "readyz", "retrieve_model"]
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def error_response(error: GatewayError) -> Response:
+    response = _json(error.to_dict(), error.status)
+    response.headers.update(error.headers)
+    return response
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.aigw
+    return state
+
+
+def _model_card(name: str, created: int) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
+
+
+async def list_models(request: Request) -> Response:
+    state = _state(request)
+    return _json(
+        {
+            "object": "list",
+            "data": [_model_card(m.name, state.started_at) for m in state.config.models],
+        }
+    )
+
+
+async def retrieve_model(request: Request) -> Response:
+    state = _state(request)
+    name = request.path_params["model"]
+    if state.config.model(name) is None:
+        return error_response(
+            NotFoundError(
+                f"The model `{name}` does not exist.", param="model", code="model_not_found"
+            )
+        )
+    return _json(_model_card(name, state.started_at))
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the process answers."""
+    return _json({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: config loaded and every model has a deployment believed healthy."""
+    ready = _state(request).gateway.router.ready_models()
+    unready = sorted(name for name, ok in ready.items() if not ok)
+    if unready:
+        return _json({"status": "unready", "models_without_healthy_deployment": unready}, 503)
+    return _json({"status": "ready", "models": sorted(ready)})
+
+
+async def http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(
+            NotFoundError(f"Unknown route: {request.method} {request.url.path}", code="unknown_url")
+        )
+    if exc.status_code == 405:
+        return error_response(
+            MethodNotAllowedError(
+                f"Method {request.method} is not allowed on {request.url.path}.",
+                code="method_not_allowed",
+            )
+        )
+    error = GatewayError(exc.detail)
+    error.status = exc.status_code
+    return error_response(error)

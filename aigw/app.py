@@ -1,0 +1,78 @@
+"""Build the gateway's Starlette app from a config, and own its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from aigw.api import routes
+from aigw.api.middleware import EdgeMiddleware
+from aigw.api.openai import ProxyEndpoint
+from aigw.config import GatewayConfig
+from aigw.gateway import Gateway
+from aigw.providers import Endpoint
+from aigw.routing.router import Router
+from aigw.upstream import UpstreamPool
+
+__all__ = ["AppState", "create_app"]
+
+log = logging.getLogger("aigw")
+
+
+@dataclass(frozen=True, slots=True)
+class AppState:
+    """Everything a request handler may use, built once in the lifespan."""
+
+    config: GatewayConfig
+    gateway: Gateway
+    started_at: int
+
+
+def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
+    """The gateway as an ASGI app; nothing runs until its lifespan starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        router = Router(config, loop.time, random.Random(seed))
+        pool = UpstreamPool()
+        pool.open(router.deployments.values())
+        app.state.aigw = AppState(
+            config=config,
+            gateway=Gateway(router, pool, config.retry.max_attempts),
+            started_at=int(time.time()),
+        )
+        log.info(
+            "aigw ready: %d models, %d deployments", len(router.models), len(router.deployments)
+        )
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    proxy_routes = [
+        Route(f"/v1/{endpoint.value}", ProxyEndpoint(endpoint), methods=["POST"])
+        for endpoint in Endpoint
+    ]
+    return Starlette(
+        routes=[
+            *proxy_routes,
+            Route("/v1/models", routes.list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", routes.retrieve_model, methods=["GET"]),
+            Route("/healthz", routes.healthz, methods=["GET"]),
+            Route("/readyz", routes.readyz, methods=["GET"]),
+        ],
+        middleware=[Middleware(EdgeMiddleware)],
+        exception_handlers={HTTPException: routes.http_exception},
+        lifespan=lifespan,
+    )

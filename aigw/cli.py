@@ -1,0 +1,155 @@
+"""The ``aigw`` command: serve, demo, fake-backend, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from aigw.errors import ConfigError
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result: int = args.run(args)
+        return result
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aigw", description="OpenAI-compatible LLM gateway")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway from a config file")
+    serve.add_argument("--config", required=True, help="YAML config file")
+    serve.add_argument("--host", help="overrides server.host")
+    serve.add_argument("--port", type=int, help="overrides server.port")
+    serve.add_argument("--access-log", action="store_true", help="log every request (costs CPU)")
+    serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser("demo", help="three simulated GPU backends behind the gateway")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.set_defaults(run=_demo)
+
+    fake = commands.add_parser(
+        "fake-backend", help="one simulated GPU inference server (vLLM-like)"
+    )
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=9001)
+    from aigw.sim.server import add_arguments
+
+    add_arguments(fake)
+    fake.set_defaults(run=_fake_backend)
+
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("file")
+    check.set_defaults(run=_check_config)
+    return parser
+
+
+def _uvicorn_options() -> dict[str, object]:
+    """The fastest event loop and HTTP parser installed (uvloop, httptools)."""
+    options: dict[str, object] = {}
+    try:
+        import uvloop  # noqa: F401
+
+        options["loop"] = "uvloop"
+    except ImportError:
+        pass
+    try:
+        import httptools  # noqa: F401
+
+        options["http"] = "httptools"
+    except ImportError:
+        pass
+    return options
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from aigw.app import create_app
+    from aigw.config import load_config
+
+    config = load_config(args.config)
+    uvicorn.run(
+        create_app(config),
+        host=args.host or config.server.host,
+        port=args.port if args.port is not None else config.server.port,
+        access_log=args.access_log,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=int(config.server.drain_seconds),
+        **_uvicorn_options(),  # type: ignore[arg-type]
+    )
+    return 0
+
+
+def _fake_backend(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from aigw.sim.server import create_app, settings_from_args
+
+    settings = settings_from_args(args)
+    print(
+        f"aigw fake-backend: model {settings.model!r}, profile {settings.profile}, "
+        f"http://{args.host}:{args.port}/v1",
+        flush=True,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_level="warning",
+        **_uvicorn_options(),  # type: ignore[arg-type]
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from aigw.demo import run_demo
+
+    options = _uvicorn_options()
+    if options.get("loop") == "uvloop":
+        import uvloop
+
+        uvloop.run(run_demo(args.host, args.port))
+    else:
+        asyncio.run(run_demo(args.host, args.port))
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from aigw.config import load_config
+
+    config = load_config(args.file)
+    print(f"ok: {args.file}")
+    for model in config.models:
+        deployments = ", ".join(f"{d.id} ({d.provider})" for d in model.deployments)
+        policy = model.policy if isinstance(model.policy, str) else model.policy.get("name")
+        fallbacks = f", fallbacks: {', '.join(model.fallbacks)}" if model.fallbacks else ""
+        print(f"  {model.name}: policy {policy}, deployments: {deployments}{fallbacks}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

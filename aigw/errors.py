@@ -1,0 +1,171 @@
+"""The gateway's one error tree.
+
+Every error a client can see is a :class:`GatewayError`: it carries the HTTP status, OpenAI's
+error ``type``, an optional ``param`` (the request field at fault) and ``code``.
+:func:`aigw.api.responses.error_response` renders any of them as OpenAI's error JSON::
+
+    {"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
+
+Tree::
+
+    GatewayError
+    ├── InvalidRequestError        400  malformed JSON, missing or ill-typed fields
+    ├── AuthenticationError        401
+    ├── PermissionDeniedError      403
+    ├── NotFoundError              404  unknown model or route
+    ├── MethodNotAllowedError      405
+    ├── PayloadTooLargeError       413  body over server.max_body_bytes
+    ├── RateLimitError             429
+    ├── UpstreamStatusError        the upstream's own 4xx/5xx, passed through with its message
+    ├── UpstreamConnectionError    502  upstream unreachable or broke the protocol
+    ├── UpstreamTimeoutError       504  connect / first byte / idle gap / total timeout
+    └── ServiceUnavailableError    503  no deployment could serve the request
+
+``retryable`` tells the gateway whether another deployment may be tried: only failures that
+happened before the client received a byte, and that are not the client's fault, are retried.
+
+:class:`ConfigError` is separate: it never reaches a client, it stops startup.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigError",
+    "GatewayError",
+    "InvalidRequestError",
+    "MethodNotAllowedError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ServiceUnavailableError",
+    "UpstreamConnectionError",
+    "UpstreamStatusError",
+    "UpstreamTimeoutError",
+]
+
+
+class GatewayError(Exception):
+    """Base of every client-visible error."""
+
+    status: int = 500
+    type: str = "api_error"
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationError(GatewayError):
+    status = 401
+    type = "authentication_error"
+
+
+class PermissionDeniedError(GatewayError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFoundError(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+
+
+class PayloadTooLargeError(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+
+
+class RateLimitError(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+
+
+class UpstreamStatusError(GatewayError):
+    """An upstream answered with an error status; its status and message reach the client.
+
+    5xx, 429 and 408 from an upstream are retryable on another deployment; other 4xx are the
+    request's fault (context too long, bad parameter) and are passed through at once.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.status = status
+        self.type = type or _type_for_status(status)
+        self.retryable = status >= 500 or status in (408, 429)
+
+
+class UpstreamConnectionError(GatewayError):
+    status = 502
+    type = "api_error"
+    retryable = True
+
+
+class UpstreamTimeoutError(GatewayError):
+    status = 504
+    type = "timeout"
+    retryable = True
+
+
+class ServiceUnavailableError(GatewayError):
+    status = 503
+    type = "service_unavailable"
+
+
+def _type_for_status(status: int) -> str:
+    return {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "invalid_request_error",
+        422: "invalid_request_error",
+        429: "rate_limit_error",
+    }.get(status, "api_error")
+
+
+class ConfigError(Exception):
+    """A configuration mistake. ``problems`` lists each one as ``file: field.path: expectation``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

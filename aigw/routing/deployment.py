@@ -1,0 +1,87 @@
+"""Deployments and their live state, read by policies and written by the gateway.
+
+A :class:`Deployment` is built once at startup from its config; its :class:`DeploymentState`
+is the one mutable object per deployment (in-flight count, latency EWMAs, failure streak,
+ejection). Everything here runs on the event loop thread, so plain attributes need no locks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from aigw.config import DeploymentConfig, HealthConfig
+from aigw.providers.base import Provider
+
+__all__ = ["Deployment", "DeploymentState", "OutlierDetector"]
+
+_EWMA_ALPHA = 0.2  # weight of the newest sample; ~5 requests of memory
+
+
+@dataclass(slots=True)
+class DeploymentState:
+    """Gateway-local signals of one deployment."""
+
+    in_flight: int = 0
+    requests: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    ejections: int = 0  # ejections in the current failure streak (drives back-off)
+    ejected_until: float = 0.0  # loop time; 0 = not ejected
+    ttft_ewma: float | None = None  # seconds to first byte (streams) or to full reply
+    last_error: str | None = None
+
+    def observe_latency(self, seconds: float) -> None:
+        previous = self.ttft_ewma
+        self.ttft_ewma = (
+            seconds if previous is None else previous + _EWMA_ALPHA * (seconds - previous)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One upstream serving one public model, with everything fixed built once."""
+
+    id: str
+    model: str  # the public model name clients send
+    config: DeploymentConfig
+    provider: Provider
+    timeout: aiohttp.ClientTimeout  # connect + total; first-byte and idle are enforced per read
+    state: DeploymentState = field(default_factory=DeploymentState)
+
+    @property
+    def at_capacity(self) -> bool:
+        limit = self.config.max_concurrency
+        return limit is not None and self.state.in_flight >= limit
+
+
+class OutlierDetector:
+    """Passive health: eject after N consecutive failures, with exponential back-off.
+
+    Like Envoy's consecutive-5xx outlier detection: an ejected deployment receives no traffic
+    until ``ejected_until``; the first request after that is a probe, and one more failure
+    ejects it again for twice as long (capped). One success resets the streak.
+    """
+
+    def __init__(self, config: HealthConfig) -> None:
+        self._threshold = config.consecutive_failures
+        self._base = config.base_ejection_seconds
+        self._max = config.max_ejection_seconds
+
+    def record_success(self, state: DeploymentState) -> None:
+        state.consecutive_failures = 0
+        state.ejections = 0
+        state.ejected_until = 0.0
+
+    def record_failure(self, state: DeploymentState, reason: str, now: float) -> None:
+        state.failures += 1
+        state.consecutive_failures += 1
+        state.last_error = reason
+        if state.consecutive_failures >= self._threshold or state.ejections:
+            state.ejected_until = now + min(self._max, self._base * 2**state.ejections)
+            state.ejections += 1
+
+    @staticmethod
+    def is_available(state: DeploymentState, now: float) -> bool:
+        return state.ejected_until <= now

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import random
+
+from aigw.config import HealthConfig, parse_config
+from aigw.policies import RouteRequest
+from aigw.providers import Endpoint
+from aigw.routing.deployment import DeploymentState, OutlierDetector
+from aigw.routing.router import Router
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ejection_after_consecutive_failures_with_backoff() -> None:
+    detector = OutlierDetector(HealthConfig(consecutive_failures=2, base_ejection_seconds=5))
+    state = DeploymentState()
+    detector.record_failure(state, "boom", now=0.0)
+    assert detector.is_available(state, 0.0)
+    detector.record_failure(state, "boom", now=0.0)
+    assert not detector.is_available(state, 4.9) and detector.is_available(state, 5.0)
+    detector.record_failure(state, "boom again", now=5.0)  # the probe after ejection failed
+    assert not detector.is_available(state, 14.9) and detector.is_available(state, 15.0)
+    detector.record_success(state)
+    assert state.consecutive_failures == 0 and detector.is_available(state, 0.0)
+    assert state.failures == 3 and state.last_error == "boom again"
+
+
+def router(clock: Clock, **deployment_extra: object) -> Router:
+    deployments = [
+        {
+            "id": name,
+            "base_url": f"http://127.0.0.1:{9000 + i}/v1",
+            "model": "m",
+            **deployment_extra,
+        }
+        for i, name in enumerate(["a", "b", "c"])
+    ]
+    config = parse_config({"models": [{"name": "chat", "deployments": deployments}]})
+    return Router(config, clock, random.Random(0))
+
+
+REQUEST = RouteRequest(Endpoint.CHAT, "chat", {})
+
+
+def test_pick_skips_tried_and_ejected_deployments() -> None:
+    clock = Clock()
+    r = router(clock)
+    route = r.models["chat"]
+    r.deployments["a"].state.ejected_until = clock.now + 10
+    picks = {r.pick(route, REQUEST, {"b"}).id for _ in range(10)}  # type: ignore[union-attr]
+    assert picks == {"c"}
+    assert r.pick(route, REQUEST, {"a", "b", "c"}) is None
+
+
+def test_panic_mode_uses_ejected_deployments_when_all_are_ejected() -> None:
+    clock = Clock()
+    r = router(clock)
+    for dep in r.deployments.values():
+        dep.state.ejected_until = clock.now + 10
+    assert r.pick(r.models["chat"], REQUEST, set()) is not None
+    assert r.ready_models() == {"chat": False}
+
+
+def test_deployments_at_max_concurrency_are_skipped() -> None:
+    clock = Clock()
+    r = router(clock, max_concurrency=1)
+    r.deployments["a"].state.in_flight = 1
+    r.deployments["b"].state.in_flight = 1
+    assert r.pick(r.models["chat"], REQUEST, set()).id == "c"  # type: ignore[union-attr]
+    r.deployments["c"].state.in_flight = 1
+    assert r.pick(r.models["chat"], REQUEST, set()) is None
+
+
+def test_round_robin_visits_every_deployment_evenly() -> None:
+    r = router(Clock())
+    route = r.models["chat"]
+    picks = [r.pick(route, REQUEST, set()).id for _ in range(9)]  # type: ignore[union-attr]
+    assert sorted(picks) == ["a"] * 3 + ["b"] * 3 + ["c"] * 3

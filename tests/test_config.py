@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aigw.config import load_config, parse_config
+from aigw.errors import ConfigError
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def minimal(**deployment: Any) -> dict[str, Any]:
+    dep = {"id": "a", "base_url": "http://127.0.0.1:9001/v1", "model": "m", **deployment}
+    return {"models": [{"name": "chat", "deployments": [dep]}]}
+
+
+def problems(raw: object) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, source="gw.yaml")
+    return info.value.problems
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("VLLM_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        monkeypatch.setenv(name, "secret")
+    assert load_config(path).models
+
+
+def test_defaults() -> None:
+    config = parse_config(minimal())
+    dep = config.models[0].deployments[0]
+    assert config.state.backend == "memory"
+    assert dep.provider == "openai" and dep.api_key is None
+    assert dep.timeouts.first_byte == 60.0
+    assert config.models[0].policy == "round-robin"
+
+
+def test_env_interpolation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEY", "s3cret")
+    config = parse_config(minimal(api_key="${KEY}", headers={"x-team": "${TEAM:-ml}"}))
+    dep = config.models[0].deployments[0]
+    assert dep.api_key is not None and dep.api_key.get_secret_value() == "s3cret"
+    assert dep.headers == {"x-team": "ml"}
+
+
+def test_missing_env_var_names_file_field_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOPE_KEY", raising=False)
+    [problem] = problems(minimal(api_key="${NOPE_KEY}"))
+    assert problem.startswith("gw.yaml: models[0].deployments[0].api_key: ")
+    assert "NOPE_KEY is not set" in problem
+
+
+def test_every_problem_is_reported_with_its_path() -> None:
+    raw = minimal(provider="vllm", base_url="localhost:9000", max_concurency=3)
+    raw["server"] = {"port": "eighty"}
+    found = problems(raw)
+    assert len(found) == 4
+    assert any(p.startswith("gw.yaml: server.port: ") for p in found)
+    assert any(
+        "models[0].deployments[0].provider: expected one of openai, anthropic (got 'vllm')" in p
+        for p in found
+    )
+    assert any(
+        "models[0].deployments[0].base_url: expected an http:// or https:// URL" in p for p in found
+    )
+    assert any("models[0].deployments[0].max_concurency: unknown field" in p for p in found)
+
+
+def test_cross_references() -> None:
+    raw = minimal()
+    raw["models"][0]["fallbacks"] = ["ghost"]
+    raw["models"].append(
+        {"name": "chat", "deployments": [{"id": "a", "base_url": "http://x/v1", "model": "m"}]}
+    )
+    found = problems(raw)
+    assert "gw.yaml: models[1].name: duplicate model name 'chat'" in found
+    assert any("models[1].deployments[0].id: deployment ids must be unique" in p for p in found)
+    assert any(
+        "models[0].fallbacks[0]: expected the name of a configured model (got 'ghost')" in p
+        for p in found
+    )
+
+
+def test_unknown_policy() -> None:
+    raw = minimal()
+    raw["models"][0]["policy"] = "fastest"
+    [problem] = problems(raw)
+    assert "models[0].policy: expected one of round-robin" in problem
+
+
+def test_redis_backend_needs_url() -> None:
+    raw = minimal()
+    raw["state"] = {"backend": "redis"}
+    [problem] = problems(raw)
+    assert "state: url is required when backend is redis" in problem
+
+
+def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("models:\n  - name: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems[0].startswith(f"{path}:3:")
+    assert "invalid YAML" in info.value.problems[0]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.yaml")
+    assert "cannot read config file" in info.value.problems[0]
+
+
+def test_top_level_must_be_mapping() -> None:
+    assert problems(["models"]) == ["gw.yaml: expected a mapping at the top level (got list)"]
