@@ -80,6 +80,13 @@ class TimeoutsConfig(_Strict):
     total: PositiveFloat = 600.0  # whole upstream exchange
 
 
+class CostConfig(_Strict):
+    """Price of a deployment in USD per million tokens (0 for self-hosted by default)."""
+
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+
+
 class DeploymentConfig(_Strict):
     id: str = Field(min_length=1)
     provider: str = "openai"
@@ -91,6 +98,18 @@ class DeploymentConfig(_Strict):
     max_concurrency: int | None = Field(None, gt=0)
     weight: float = Field(1.0, gt=0)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    # gpu: a self-hosted engine (scored from its metrics); cloud: a provider API (scored from
+    # gateway-observed latency). Default: gpu when metrics_url is set, else cloud.
+    kind: Literal["gpu", "cloud"] | None = None
+    context_window: int | None = Field(None, gt=0)  # prompt + max_tokens must fit
+    region: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    lora_adapters: list[str] = Field(default_factory=list)  # adapters it can load on demand
+    cost: CostConfig = Field(default_factory=lambda: CostConfig())
+
+    @property
+    def is_cloud(self) -> bool:
+        return self.kind == "cloud" if self.kind is not None else self.metrics_url is None
 
     @field_validator("provider")
     @classmethod
@@ -107,11 +126,22 @@ class DeploymentConfig(_Strict):
         return value.rstrip("/") if value else value
 
 
+class SpilloverConfig(_Strict):
+    """When the GPU pool's predicted TTFT passes slo_ttft_ms, `auto` may use cloud deployments."""
+
+    enabled: bool = True
+    max_cost_per_mtok: float | None = Field(None, ge=0)  # skip cloud deployments pricier than this
+
+
 class ModelConfig(_Strict):
     name: str = Field(min_length=1)
     policy: str | dict[str, Any] = "round-robin"
     fallbacks: list[str] = Field(default_factory=list)
     deployments: list[DeploymentConfig] = Field(min_length=1)
+    # Predicted time to first token above which `auto` spills over to cloud deployments.
+    slo_ttft_ms: float | None = Field(None, gt=0)
+    spillover: SpilloverConfig = Field(default_factory=lambda: SpilloverConfig())
+    adapter: str | None = None  # LoRA adapter this model's requests need on the engine
 
     @field_validator("policy")
     @classmethod
@@ -136,6 +166,15 @@ class TokensConfig(_Strict):
     encoding: str = "cl100k_base"
 
 
+class RoutingConfig(_Strict):
+    """Engine-metric scraping and prefix affinity."""
+
+    scrape_interval: PositiveFloat = 1.0  # seconds between scrapes of each metrics_url (jittered)
+    stale_after_intervals: PositiveFloat = 3.0  # older metrics are ignored by scorers
+    prefix_block_chars: int = Field(256, gt=0)  # prompt prefix hashed in blocks of this size
+    prefix_blocks_per_deployment: int = Field(16384, gt=0)  # LRU bound of remembered blocks
+
+
 class HealthConfig(_Strict):
     """Passive outlier detection: eject a deployment after consecutive failures."""
 
@@ -157,6 +196,7 @@ class GatewayConfig(_Strict):
     tokens: TokensConfig = Field(default_factory=TokensConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
     @model_validator(mode="after")
     def _cross_references(self) -> GatewayConfig:

@@ -26,7 +26,7 @@ from aigw.errors import (
     UpstreamConnectionError,
     UpstreamStatusError,
 )
-from aigw.policies import RouteRequest
+from aigw.policies import RouteContext
 from aigw.providers import Endpoint, StreamTranslator
 from aigw.routing.deployment import Deployment
 from aigw.routing.router import Router
@@ -65,7 +65,7 @@ class Gateway:
         _, stream = await self._with_failover(request, self._open_stream)
         return stream
 
-    def _route_request(self, endpoint: Endpoint, body: dict[str, Any]) -> RouteRequest:
+    def _route_request(self, endpoint: Endpoint, body: dict[str, Any]) -> RouteContext:
         model = body["model"]
         route = self.router.models.get(model)
         if route is None:
@@ -80,12 +80,12 @@ class Gateway:
                 param="model",
                 code="unsupported_endpoint",
             )
-        return RouteRequest(endpoint, model, body)
+        return RouteContext(endpoint, model, body)
 
     async def _with_failover(
         self,
-        request: RouteRequest,
-        attempt: Callable[[Deployment, RouteRequest], Awaitable[T]],
+        request: RouteContext,
+        attempt: Callable[[Deployment, RouteContext], Awaitable[T]],
     ) -> tuple[Deployment, T]:
         """Try deployments until one succeeds; its in-flight slot stays held for the caller."""
         failures: list[tuple[str, GatewayError]] = []
@@ -123,7 +123,7 @@ class Gateway:
     def _release(self, deployment: Deployment) -> None:
         deployment.state.in_flight -= 1
 
-    async def _exchange(self, deployment: Deployment, request: RouteRequest) -> Reply:
+    async def _exchange(self, deployment: Deployment, request: RouteContext) -> Reply:
         provider = deployment.provider
         upstream = provider.build_request(request.endpoint, request.body)
         session = self._pool.session(deployment)
@@ -142,7 +142,7 @@ class Gateway:
         deployment.state.observe_latency(asyncio.get_running_loop().time() - started)
         return Reply(deployment, provider.parse_response(request.endpoint, status, data))
 
-    async def _open_stream(self, deployment: Deployment, request: RouteRequest) -> UpstreamStream:
+    async def _open_stream(self, deployment: Deployment, request: RouteContext) -> UpstreamStream:
         provider = deployment.provider
         upstream = provider.build_request(request.endpoint, request.body)
         translator = provider.stream_translator(request.endpoint, request.body)

@@ -6,10 +6,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from aigw.policies.base import Policy, RouteRequest
+from aigw.policies.base import Policy, RouteContext
 from aigw.policies.classic import RandomPolicy, RoundRobinPolicy
 
-__all__ = ["POLICIES", "Policy", "RouteRequest", "make_policy"]
+__all__ = ["POLICIES", "Policy", "RouteContext", "make_policy"]
 
 # name -> factory(rng); every model gets its own policy instance.
 POLICIES: dict[str, Callable[[random.Random], Policy]] = {

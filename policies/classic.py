@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from aigw.policies.base import RouteRequest
+from aigw.policies.base import RouteContext
 from aigw.routing.deployment import Deployment
 
 __all__ = ["RandomPolicy", "RoundRobinPolicy"]
@@ -18,7 +18,7 @@ class RoundRobinPolicy:
         # Start at a random offset so that several gateway replicas do not move in lockstep.
         self._next = rng.randrange(1 << 16)
 
-    def pick(self, candidates: Sequence[Deployment], request: RouteRequest) -> Deployment:
+    def pick(self, candidates: Sequence[Deployment], request: RouteContext) -> Deployment:
         chosen = candidates[self._next % len(candidates)]
         self._next += 1
         return chosen
@@ -30,5 +30,5 @@ class RandomPolicy:
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
 
-    def pick(self, candidates: Sequence[Deployment], request: RouteRequest) -> Deployment:
+    def pick(self, candidates: Sequence[Deployment], request: RouteContext) -> Deployment:
         return candidates[self._rng.randrange(len(candidates))]

@@ -84,33 +84,35 @@ async def send_error(
 
 
 async def run_until_disconnect(receive: Receive, work: Awaitable[None]) -> bool:
-    """Run ``work``; cancel it at once if the client disconnects. True if it was cancelled.
+    """Await ``work``; cancel it at once if the client disconnects. True if it was cancelled.
 
-    Only call after the request body has been read: from then on the next ASGI message can
-    only be ``http.disconnect``.
+    ``work`` runs in the calling task (no extra task, no asyncio.wait on the hot path); one
+    small watcher task waits for ``http.disconnect`` and cancels the caller. Only call after
+    the request body has been read: from then on the next ASGI message can only be
+    ``http.disconnect``.
     """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    task = asyncio.current_task()
+    assert task is not None
+    finished = False
+    disconnected = False
+
+    async def watch() -> None:
+        nonlocal disconnected
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not finished:
+            disconnected = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
-        watcher.cancel()
-        raise
-    if task in done:
-        watcher.cancel()
-        task.result()  # re-raise its error, if any
-        return False
-    task.cancel()
-    try:
-        await task
+        await work
     except asyncio.CancelledError:
-        pass
-    except Exception:  # the work failed while being cancelled: nobody left to tell
-        log.debug("work failed after client disconnect", exc_info=True)
-    return True
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+        if disconnected:
+            task.uncancel()
+            return True
+        raise
+    finally:
+        finished = True
+        watcher.cancel()
+    return False

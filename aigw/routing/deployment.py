@@ -13,15 +13,21 @@ import aiohttp
 
 from aigw.config import DeploymentConfig, HealthConfig
 from aigw.providers.base import Provider
+from aigw.routing.prefix import PrefixLRU
+from aigw.routing.signals import EngineSnapshot, Ewma, PeakEwma
 
 __all__ = ["Deployment", "DeploymentState", "OutlierDetector"]
 
-_EWMA_ALPHA = 0.2  # weight of the newest sample; ~5 requests of memory
 
 
 @dataclass(slots=True)
 class DeploymentState:
-    """Gateway-local signals of one deployment."""
+    """Gateway-local signals of one deployment, plus its last engine scrape.
+
+    Written by the gateway (dispatch, completion, failure) and the metrics scraper; read by
+    policies. ``dispatched`` counts every dispatch; the scraper records it with each
+    snapshot so that policies can add the gateway's own dispatches since the last scrape.
+    """
 
     in_flight: int = 0
     requests: int = 0
@@ -29,14 +35,23 @@ class DeploymentState:
     consecutive_failures: int = 0
     ejections: int = 0  # ejections in the current failure streak (drives back-off)
     ejected_until: float = 0.0  # loop time; 0 = not ejected
-    ttft_ewma: float | None = None  # seconds to first byte (streams) or to full reply
     last_error: str | None = None
+    draining: bool = False
+    ttft: Ewma = field(default_factory=Ewma)  # seconds to the first streamed byte
+    tpot: Ewma = field(default_factory=Ewma)  # seconds per output token after the first
+    latency: PeakEwma = field(default_factory=PeakEwma)  # time to first byte, peak-EWMA
+    errors: Ewma = field(default_factory=lambda: Ewma(alpha=0.1))  # 1 per failure, 0 per success
+    output_tokens: Ewma = field(default_factory=Ewma)  # completion tokens per request
+    prefill_per_token: Ewma = field(default_factory=Ewma)  # TTFT / prompt tokens, unqueued
+    engine: EngineSnapshot | None = None
+    engine_stale: bool = True  # no snapshot, or older than routing.stale_after_intervals
+    dispatched: int = 0  # requests sent, ever
+    prefixes: PrefixLRU = field(default_factory=lambda: PrefixLRU(16384))
+    last_scores: dict[str, float] = field(default_factory=dict)  # last decision, for /admin
 
-    def observe_latency(self, seconds: float) -> None:
-        previous = self.ttft_ewma
-        self.ttft_ewma = (
-            seconds if previous is None else previous + _EWMA_ALPHA * (seconds - previous)
-        )
+    def observe_first_byte(self, seconds: float, now: float) -> None:
+        self.ttft.add(seconds)
+        self.latency.add(seconds, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +85,14 @@ class OutlierDetector:
         self._max = config.max_ejection_seconds
 
     def record_success(self, state: DeploymentState) -> None:
+        state.errors.add(0.0)
         state.consecutive_failures = 0
         state.ejections = 0
         state.ejected_until = 0.0
 
     def record_failure(self, state: DeploymentState, reason: str, now: float) -> None:
         state.failures += 1
+        state.errors.add(1.0)
         state.consecutive_failures += 1
         state.last_error = reason
         if state.consecutive_failures >= self._threshold or state.ejections:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from aigw.config import GatewayConfig, ModelConfig
-from aigw.policies import Policy, RouteRequest, make_policy
+from aigw.policies import Policy, RouteContext, make_policy
 from aigw.providers import Endpoint, make_provider
 from aigw.routing.deployment import Deployment, OutlierDetector
 
@@ -54,7 +54,7 @@ class Router:
         for name in route.fallbacks:
             yield self.models[name]
 
-    def pick(self, route: ModelRoute, request: RouteRequest, tried: set[str]) -> Deployment | None:
+    def pick(self, route: ModelRoute, request: RouteContext, tried: set[str]) -> Deployment | None:
         """A deployment of ``route`` not yet ``tried`` for this request, or None.
 
         Filters: the provider serves the endpoint, and the deployment is below its

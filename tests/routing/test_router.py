@@ -3,7 +3,7 @@ from __future__ import annotations
 import random
 
 from aigw.config import HealthConfig, parse_config
-from aigw.policies import RouteRequest
+from aigw.policies import RouteContext
 from aigw.providers import Endpoint
 from aigw.routing.deployment import DeploymentState, OutlierDetector
 from aigw.routing.router import Router
@@ -45,7 +45,7 @@ def router(clock: Clock, **deployment_extra: object) -> Router:
     return Router(config, clock, random.Random(0))
 
 
-REQUEST = RouteRequest(Endpoint.CHAT, "chat", {})
+REQUEST = RouteContext(Endpoint.CHAT, "chat", {})
 
 
 def test_pick_skips_tried_and_ejected_deployments() -> None:

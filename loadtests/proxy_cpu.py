@@ -1,0 +1,169 @@
+"""CPU cost of one proxied request through the gateway (the bare path), measured with wrk.
+
+    ./dev bench-proxy [--seconds 10] [--connections 64] [--stream]
+
+Setup, as the core issue prescribes: the gateway (`aigw serve`) pinned alone on core 0; a
+canned upstream (static_upstream.py) and wrk pinned on core 1; 64 connections. Result:
+(utime + stime of the gateway's process tree, read from /proc, over the measured window)
+divided by the requests wrk completed in that window. Bounded in time; every process it
+starts is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime+stime of pid and its live descendants (children's reaped time included)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        # fields[11..14] = utime, stime, cutime, cstime (after pid and comm)
+        total += sum(int(x) for x in fields[11:15]) / CLK_TCK
+        pending.extend(int(c) for c in children)
+    return total
+
+
+def wait_http(url: str, deadline: float = 20.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def run_wrk(url: str, script: Path, seconds: int, connections: int) -> tuple[int, int, str]:
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+    ).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: .*", out)
+    return requests, int(bad.group(1)) if bad else 0, errors.group(0) if errors else ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--stream", action="store_true", help="streamed chat (8 chunks) instead of JSON"
+    )
+    args = parser.parse_args()
+
+    upstream_port, gateway_port = free_port(), free_port()
+    processes: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench.yaml"
+        config.write_text(
+            "models:\n  - name: bench\n    deployments:\n"
+            f"      - {{id: upstream, base_url: 'http://127.0.0.1:{upstream_port}/v1', model: bench}}\n"
+        )
+        body = '{"model": "bench", "messages": [{"role": "user", "content": "ping"}]'
+        body += ', "stream": true}' if args.stream else "}"
+        script = Path(tmp) / "post.lua"
+        script.write_text(
+            f"wrk.method = 'POST'\nwrk.body = '{body}'\nwrk.headers['Content-Type'] = 'application/json'\n"
+        )
+        try:
+            processes.append(
+                subprocess.Popen(
+                    [
+                        "taskset",
+                        "-c",
+                        "1",
+                        sys.executable,
+                        str(ROOT / "loadtests/static_upstream.py"),
+                        "--port",
+                        str(upstream_port),
+                    ]
+                )
+            )
+            gateway = subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    "0",
+                    sys.executable,
+                    "-m",
+                    "aigw",
+                    "--log-level",
+                    "warning",
+                    "serve",
+                    "--config",
+                    str(config),
+                    "--port",
+                    str(gateway_port),
+                ]
+            )
+            processes.append(gateway)
+            wait_http(f"http://127.0.0.1:{gateway_port}/healthz")
+            url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+            run_wrk(url, script, 3, args.connections)  # warm up pools and caches
+            before = tree_cpu_seconds(gateway.pid)
+            requests, bad, socket_errors = run_wrk(url, script, args.seconds, args.connections)
+            used = tree_cpu_seconds(gateway.pid) - before
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGINT)
+            for process in processes:
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    mode = "stream (8 chunks)" if args.stream else "non-stream JSON"
+    print(f"mode: {mode}, {args.connections} connections, {args.seconds} s")
+    print(f"requests: {requests} ({requests / args.seconds:.0f}/s), non-2xx: {bad} {socket_errors}")
+    print(f"gateway CPU: {used:.2f} s -> {used / max(requests, 1) * 1e6:.0f} CPU-us per request")
+    return 0 if bad == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
