@@ -15,13 +15,19 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from aigw.api import routes
+import httpx
+
+from aigw.api import admin, routes
 from aigw.api.middleware import EdgeMiddleware
 from aigw.api.openai import ProxyEndpoint
 from aigw.config import GatewayConfig
 from aigw.gateway import Gateway
 from aigw.providers import Endpoint
+from aigw.policies.filters import MODEL_AWARE_FILTERS
+from aigw.routing.context import ContextBuilder
 from aigw.routing.router import Router
+from aigw.routing.scraper import MetricsScraper
+from aigw.tokens import load_counter
 from aigw.upstream import UpstreamPool
 
 __all__ = ["AppState", "create_app"]
@@ -44,12 +50,22 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        router = Router(config, loop.time, random.Random(seed))
+        rng = random.Random(seed)
+        router = Router(config, loop.time, rng, MODEL_AWARE_FILTERS)
         pool = UpstreamPool()
         pool.open(router.deployments.values())
+        counter = await asyncio.to_thread(
+            load_counter, config.tokens.encoding, config.tokens.encodings_dir
+        )
+        contexts = ContextBuilder(counter, config.routing.prefix_block_chars)
+        scrape_client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64))
+        scraper = MetricsScraper(
+            router.deployments.values(), scrape_client, config.routing.scrape_interval, rng
+        )
+        scraper.start()
         app.state.aigw = AppState(
             config=config,
-            gateway=Gateway(router, pool, config.retry.max_attempts),
+            gateway=Gateway(router, pool, contexts, config.retry.max_attempts),
             started_at=int(time.time()),
         )
         log.info(
@@ -58,6 +74,8 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
         try:
             yield
         finally:
+            await scraper.stop()
+            await scrape_client.aclose()
             await pool.close()
 
     proxy_routes = [
@@ -71,6 +89,12 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
             Route("/v1/models/{model:path}", routes.retrieve_model, methods=["GET"]),
             Route("/healthz", routes.healthz, methods=["GET"]),
             Route("/readyz", routes.readyz, methods=["GET"]),
+            Route("/admin/deployments", admin.list_deployments, methods=["GET"]),
+            Route(
+                "/admin/deployments/{deployment}/{action}",
+                admin.set_draining,
+                methods=["POST"],
+            ),
         ],
         middleware=[Middleware(EdgeMiddleware)],
         exception_handlers={HTTPException: routes.http_exception},

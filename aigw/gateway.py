@@ -1,10 +1,12 @@
 """How a request travels: route, send, fail over, relay. Read this file to follow one request.
 
 ``Gateway.complete`` serves a non-streamed request and ``Gateway.open_stream`` a streamed one.
-Both walk the model's deployments, then its fallbacks' deployments, until one answers; a
-failure counts against a deployment and moves on only while nothing has reached the client
-(for streams: until the first translated byte exists). Afterwards, ``UpstreamStream.relay``
-forwards the rest chunk by chunk and reports a broken upstream as an in-stream error event.
+Both build the request's routing context once, then walk the model's deployments, then its
+fallbacks' deployments, until one answers; a failure counts against a deployment and moves on
+only while nothing has reached the client (for streams: until the first translated byte
+exists). Afterwards ``UpstreamStream.relay`` forwards the rest chunk by chunk and reports a
+broken upstream as an in-stream error event. Every outcome feeds the deployment's signals
+(latency EWMAs, error rate, outlier detection) that the routing policies read.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from aigw.errors import (
 )
 from aigw.policies import RouteContext
 from aigw.providers import Endpoint, StreamTranslator
+from aigw.routing.context import ContextBuilder, RequestMeta
 from aigw.routing.deployment import Deployment
 from aigw.routing.router import Router
 from aigw.upstream import UpstreamPool, transport_errors
@@ -37,6 +40,7 @@ __all__ = ["Gateway", "Reply", "UpstreamStream"]
 log = logging.getLogger("aigw.gateway")
 T = TypeVar("T")
 Send = Callable[[bytes], Awaitable[None]]
+_NO_META = RequestMeta()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,24 +52,31 @@ class Reply:
 
 
 class Gateway:
-    def __init__(self, router: Router, pool: UpstreamPool, max_attempts: int) -> None:
+    def __init__(
+        self, router: Router, pool: UpstreamPool, contexts: ContextBuilder, max_attempts: int
+    ) -> None:
         self.router = router
         self._pool = pool
+        self._contexts = contexts
         self._max_attempts = max_attempts
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> Reply:
-        request = self._route_request(endpoint, body)
-        deployment, reply = await self._with_failover(request, self._exchange)
+    async def complete(
+        self, endpoint: Endpoint, body: dict[str, Any], meta: RequestMeta = _NO_META
+    ) -> Reply:
+        ctx = await self._context(endpoint, body, meta)
+        deployment, reply = await self._with_failover(ctx, self._exchange)
         self._release(deployment)
         return reply
 
-    async def open_stream(self, endpoint: Endpoint, body: dict[str, Any]) -> UpstreamStream:
+    async def open_stream(
+        self, endpoint: Endpoint, body: dict[str, Any], meta: RequestMeta = _NO_META
+    ) -> UpstreamStream:
         """Connect and wait for the first output bytes; the caller must ``relay`` the result."""
-        request = self._route_request(endpoint, body)
-        _, stream = await self._with_failover(request, self._open_stream)
+        ctx = await self._context(endpoint, body, meta)
+        _, stream = await self._with_failover(ctx, self._open_stream)
         return stream
 
-    def _route_request(self, endpoint: Endpoint, body: dict[str, Any]) -> RouteContext:
+    async def _context(self, endpoint: Endpoint, body: dict[str, Any], meta: RequestMeta) -> RouteContext:
         model = body["model"]
         route = self.router.models.get(model)
         if route is None:
@@ -80,28 +91,30 @@ class Gateway:
                 param="model",
                 code="unsupported_endpoint",
             )
-        return RouteContext(endpoint, model, body)
+        now = asyncio.get_running_loop().time()
+        return await self._contexts.build(
+            endpoint, body, meta, now, route.smallest_context_window, route.adapter
+        )
 
     async def _with_failover(
         self,
-        request: RouteContext,
+        ctx: RouteContext,
         attempt: Callable[[Deployment, RouteContext], Awaitable[T]],
     ) -> tuple[Deployment, T]:
         """Try deployments until one succeeds; its in-flight slot stays held for the caller."""
         failures: list[tuple[str, GatewayError]] = []
         loop = asyncio.get_running_loop()
-        for route in self.router.chain(request.model):
+        for route in self.router.chain(ctx.model):
             tried: set[str] = set()
             for _ in range(self._max_attempts):
-                deployment = self.router.pick(route, request, tried)
+                deployment = self.router.pick(route, ctx, tried)
                 if deployment is None:
                     break
                 tried.add(deployment.id)
+                self.router.record_dispatch(deployment, ctx)
                 state = deployment.state
-                state.in_flight += 1
-                state.requests += 1
                 try:
-                    result = await attempt(deployment, request)
+                    result = await attempt(deployment, ctx)
                 except GatewayError as exc:
                     state.in_flight -= 1
                     if not exc.retryable:
@@ -118,44 +131,41 @@ class Gateway:
                     raise
                 self.router.health.record_success(state)
                 return deployment, result
-        raise _exhausted(request.model, failures)
+        raise _exhausted(ctx.model, failures)
 
     def _release(self, deployment: Deployment) -> None:
         deployment.state.in_flight -= 1
 
-    async def _exchange(self, deployment: Deployment, request: RouteContext) -> Reply:
+    async def _exchange(self, deployment: Deployment, ctx: RouteContext) -> Reply:
         provider = deployment.provider
-        upstream = provider.build_request(request.endpoint, request.body)
+        upstream = provider.build_request(ctx.endpoint, ctx.body)  # type: ignore[arg-type]
         session = self._pool.session(deployment)
-        started = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         with transport_errors(deployment, "waiting for the reply"):
             async with session.post(
-                upstream.url,
-                data=upstream.body,
-                headers=upstream.headers,
-                timeout=deployment.timeout,
+                upstream.url, data=upstream.body, headers=upstream.headers, timeout=deployment.timeout
             ) as response:
                 status = response.status
                 data = await response.read()
         if status >= 400:
             raise provider.parse_error(status, data)
-        deployment.state.observe_latency(asyncio.get_running_loop().time() - started)
-        return Reply(deployment, provider.parse_response(request.endpoint, status, data))
+        now = loop.time()
+        deployment.state.latency.add(now - started, now)
+        return Reply(deployment, provider.parse_response(ctx.endpoint, status, data))
 
-    async def _open_stream(self, deployment: Deployment, request: RouteContext) -> UpstreamStream:
+    async def _open_stream(self, deployment: Deployment, ctx: RouteContext) -> UpstreamStream:
         provider = deployment.provider
-        upstream = provider.build_request(request.endpoint, request.body)
-        translator = provider.stream_translator(request.endpoint, request.body)
+        upstream = provider.build_request(ctx.endpoint, ctx.body)  # type: ignore[arg-type]
+        translator = provider.stream_translator(ctx.endpoint, ctx.body)  # type: ignore[arg-type]
         session = self._pool.session(deployment)
         loop = asyncio.get_running_loop()
         started = loop.time()
+        queued = _engine_queue(deployment)
         with transport_errors(deployment, "waiting for the first byte"):
             async with asyncio.timeout(deployment.config.timeouts.first_byte):
                 response = await session.post(
-                    upstream.url,
-                    data=upstream.body,
-                    headers=upstream.headers,
-                    timeout=deployment.timeout,
+                    upstream.url, data=upstream.body, headers=upstream.headers, timeout=deployment.timeout
                 )
                 try:
                     if response.status >= 400:
@@ -164,8 +174,20 @@ class Gateway:
                 except BaseException:
                     response.close()
                     raise
-        deployment.state.observe_latency(loop.time() - started)
-        return UpstreamStream(self, deployment, response, translator, first)
+        now = loop.time()
+        state = deployment.state
+        state.observe_first_byte(now - started, now)
+        if not queued and ctx.prompt_tokens > 0:
+            state.prefill_per_token.add((now - started) / ctx.prompt_tokens)
+        return UpstreamStream(self, deployment, response, translator, first, now)
+
+
+def _engine_queue(deployment: Deployment) -> bool:
+    """Whether the engine had a queue when this request was sent (then TTFT is not prefill)."""
+    engine = deployment.state.engine
+    if engine is None or deployment.state.engine_stale:
+        return deployment.state.in_flight > 1
+    return engine.waiting + max(0, deployment.state.in_flight - engine.in_flight_at_scrape) > 1
 
 
 async def _first_output(
@@ -196,18 +218,22 @@ class UpstreamStream:
         response: aiohttp.ClientResponse,
         translator: StreamTranslator,
         first: bytes,
+        first_at: float,
     ) -> None:
         self.deployment = deployment
         self._gateway = gateway
         self._response = response
         self._translator = translator
         self._first = first
+        self._first_at = first_at
 
     async def relay(self, send: Send) -> None:
         """Send every chunk as it arrives; end with an error event if the upstream breaks.
 
         Always releases the upstream connection and the in-flight slot, also when cancelled
         (client disconnect): closing the response aborts the upstream request at once.
+        Time per output token is estimated from the SSE events relayed (one per token for
+        OpenAI-style streams, a handful of framing events aside).
         """
         deployment = self.deployment
         idle = deployment.config.timeouts.idle
@@ -215,6 +241,8 @@ class UpstreamStream:
         content = self._response.content
         translator = self._translator
         finished = False
+        events = self._first.count(b"data:")
+        last_at = self._first_at
         try:
             await send(self._first)
             try:
@@ -227,6 +255,8 @@ class UpstreamStream:
                                 break
                             out = translator.feed(chunk)
                             if out:
+                                events += out.count(b"data:")
+                                last_at = loop.time()
                                 await send(out)
                     tail = translator.finish()
                     if tail:
@@ -244,6 +274,11 @@ class UpstreamStream:
             # gone, upstream broken) closes the connection, which aborts the upstream request.
             if finished:
                 self._response.release()
+                tokens = max(1, events - 2)  # minus the role chunk and [DONE]
+                state = deployment.state
+                state.output_tokens.add(tokens)
+                if tokens > 1:
+                    state.tpot.add((last_at - self._first_at) / (tokens - 1))
             else:
                 self._response.close()
             self._gateway._release(deployment)

@@ -43,10 +43,12 @@ class SSEDecoder:
     pending event that lacked its closing blank line, then resets the decoder.
     """
 
-    __slots__ = ("_at_start", "_buffer", "_data", "_event", "_skip_lf")
+    __slots__ = ("_at_start", "_data", "_event", "_pending", "_skip_lf")
 
     def __init__(self) -> None:
-        self._buffer = bytearray()  # the current line, not yet terminated
+        # Pieces of the current, unterminated line; joined once its end arrives, so a long
+        # line fed in many small chunks costs linear, not quadratic, copying.
+        self._pending: list[bytes] = []
         self._event: str | None = None
         self._data: list[str] = []
         # A chunk ended with "\r": if the next one starts with "\n" it is the same line end.
@@ -65,22 +67,23 @@ class SSEDecoder:
             # Normalise once per chunk; the rest of the decoder only knows "\n".
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if b"\n" not in chunk:
-            self._buffer += chunk
+            self._pending.append(chunk)
             return []
-        if self._buffer:
-            self._buffer += chunk
-            data = bytes(self._buffer)
-        else:
-            data = chunk
-        lines = data.split(b"\n")
-        self._buffer = bytearray(lines.pop())
+        if self._pending:
+            self._pending.append(chunk)
+            chunk = b"".join(self._pending)
+            self._pending = []
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        if tail:
+            self._pending.append(tail)
         return self._process(lines)
 
     def flush(self) -> list[ServerSentEvent]:
-        lines = [bytes(self._buffer)] if self._buffer else []
+        lines = [b"".join(self._pending)] if self._pending else []
         lines.append(b"")  # the blank line the stream never sent
+        self._pending = []
         events = self._process(lines)
-        self._buffer = bytearray()
         self._skip_lf = False
         self._at_start = True
         return events
@@ -93,6 +96,13 @@ class SSEDecoder:
         events: list[ServerSentEvent] = []
         data = self._data
         for line in lines:
+            # Fast paths for the canonical forms every server we talk to writes.
+            if line.startswith(b"data: "):
+                data.append(line[6:].decode("utf-8", "replace"))
+                continue
+            if line.startswith(b"event: "):
+                self._event = line[7:].decode("utf-8", "replace") or None
+                continue
             if not line:
                 if data:
                     events.append(ServerSentEvent(self._event, "\n".join(data)))
@@ -106,9 +116,8 @@ class SSEDecoder:
                 name, value = line, b""
             else:
                 name = line[:colon]
-                value = (
-                    line[colon + 2 :] if line[colon + 1 : colon + 2] == b" " else line[colon + 1 :]
-                )
+                start = colon + 2 if line[colon + 1 : colon + 2] == b" " else colon + 1
+                value = line[start:]
             if name == b"data":
                 data.append(value.decode("utf-8", "replace"))
             elif name == b"event":

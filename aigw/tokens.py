@@ -20,11 +20,10 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-__all__ = ["INLINE_CHARS", "TokenCounter", "load_counter", "prompt_text"]
+__all__ = ["INLINE_CHARS", "TokenCounter", "load_counter"]
 
 log = logging.getLogger("aigw.tokens")
 
@@ -109,29 +108,3 @@ def _as_tiktoken_cache(found: Path, name: str) -> str:
     directory = Path(tempfile.mkdtemp(prefix="aigw-tiktoken-"))
     shutil.copyfile(found, directory / _cache_key(name))
     return str(directory)
-
-
-def prompt_text(body: dict[str, Any]) -> str:
-    """The text a request sends the model: chat message contents, or the completion prompt."""
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        return "\n".join(_message_texts(messages))
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list):
-        return "\n".join(p for p in prompt if isinstance(p, str))
-    return ""
-
-
-def _message_texts(messages: Iterable[Any]) -> Iterable[str]:
-    for message in messages:
-        if not isinstance(message, dict):
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            yield content
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    yield part["text"]

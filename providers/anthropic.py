@@ -152,7 +152,9 @@ def to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, Any]:
     out["messages"] = messages
     temperature = body.get("temperature")
     if temperature is not None:
-        if not isinstance(temperature, int | float) or not 0 <= temperature <= 1:
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+            raise InvalidRequestError("temperature must be a number", param="temperature")
+        if not 0 <= temperature <= 1:
             raise InvalidRequestError(
                 f"temperature must be between 0 and 1 for Anthropic models (got {temperature!r})",
                 param="temperature",
@@ -433,7 +435,7 @@ def to_openai_completion(message: dict[str, Any], created: int) -> dict[str, Any
     texts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
     for block in message.get("content") or ():
-        kind = block.get("type")
+        kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             texts.append(block.get("text", ""))
         elif kind == "tool_use":
@@ -507,7 +509,9 @@ def parse_anthropic_error(status: int, body: bytes) -> UpstreamStatusError:
 def _stream_error(data: dict[str, Any]) -> UpstreamStatusError:
     error = data.get("error")
     error = error if isinstance(error, dict) else {}
-    kind = error.get("type") if isinstance(error.get("type"), str) else "api_error"
+    kind = error.get("type")
+    if not isinstance(kind, str):
+        kind = "api_error"
     status, openai_type = _ERROR_TYPES.get(kind, (502, "api_error"))
     message = error.get("message") or f"Anthropic reported {kind} mid-stream"
     return UpstreamStatusError(status, message, type=openai_type, code=kind)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aigw.tokens import INLINE_CHARS, load_counter, prompt_text
+from aigw.tokens import INLINE_CHARS, load_counter
 
 SHARED = os.environ.get("TIKTOKEN_CACHE_DIR")
 needs_encodings = pytest.mark.skipif(
@@ -51,15 +51,3 @@ async def test_long_prompts_are_counted_off_loop_with_same_result() -> None:
     counter = load_counter("cl100k_base")
     text = "The quick brown fox jumps over the lazy dog. " * (INLINE_CHARS // 20)
     assert await counter.count_async(text) == counter.count(text)
-
-
-def test_prompt_text_of_chat_and_completions() -> None:
-    body = {
-        "messages": [
-            {"role": "system", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url"}]},
-        ]
-    }
-    assert prompt_text(body) == "be brief\nhi"
-    assert prompt_text({"prompt": ["a", "b"]}) == "a\nb"
-    assert prompt_text({"input": "x"}) == ""

@@ -39,7 +39,7 @@ class EdgeMiddleware:
         request_id = None
         for name, value in scope["headers"]:
             if name == _HEADER:
-                if 0 < len(value) <= _MAX_LEN and value.isascii() and value.isprintable():
+                if 0 < len(value) <= _MAX_LEN and value.isascii() and value.decode().isprintable():
                     request_id = value
                 break
         if request_id is None:

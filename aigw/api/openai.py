@@ -8,7 +8,7 @@ cancels the upstream request at once, whether it was waiting for a reply or stre
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aigw.api.asgi import (
     Receive,
@@ -22,6 +22,7 @@ from aigw.api.asgi import (
 from aigw.api.validation import VALIDATORS, parse_body
 from aigw.errors import GatewayError
 from aigw.providers import Endpoint
+from aigw.routing.context import RequestMeta
 
 if TYPE_CHECKING:
     from aigw.app import AppState
@@ -57,10 +58,11 @@ class ProxyEndpoint:
             raw = await read_body(scope, receive, state.config.server.max_body_bytes)
             body = parse_body(raw)
             self._validate(body)
+            meta = RequestMeta.from_scope(scope)
             if body.get("stream"):
-                work = self._stream(body, state, tracked_send)
+                work = self._stream(body, meta, state, tracked_send)
             else:
-                work = self._complete(body, state, tracked_send)
+                work = self._complete(body, meta, state, tracked_send)
             await run_until_disconnect(receive, work)
         except GatewayError as exc:
             if not response_started:
@@ -68,14 +70,18 @@ class ProxyEndpoint:
             else:
                 log.warning("error after the response started: %s", exc.message)
 
-    async def _complete(self, body: dict[str, object], state: AppState, send: Send) -> None:
-        reply = await state.gateway.complete(self.endpoint, body)
+    async def _complete(
+        self, body: dict[str, Any], meta: RequestMeta, state: AppState, send: Send
+    ) -> None:
+        reply = await state.gateway.complete(self.endpoint, body, meta)
         await send_json(
             send, 200, reply.body, [(b"x-aigw-deployment", reply.deployment.id.encode())]
         )
 
-    async def _stream(self, body: dict[str, object], state: AppState, send: Send) -> None:
-        stream = await state.gateway.open_stream(self.endpoint, body)
+    async def _stream(
+        self, body: dict[str, Any], meta: RequestMeta, state: AppState, send: Send
+    ) -> None:
+        stream = await state.gateway.open_stream(self.endpoint, body, meta)
         headers = [*_SSE_HEADERS, (b"x-aigw-deployment", stream.deployment.id.encode())]
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})

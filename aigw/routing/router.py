@@ -1,21 +1,25 @@
 """Which deployments may serve a request, in which order of models, and which one now.
 
-The router owns the per-model policies and the health view; it never does I/O. The gateway
-asks it for a deployment, excluding those already tried for this request.
+The router owns the per-model policies, the model-aware filters and the health view; it never
+does I/O. The gateway asks it for a deployment, excluding those already tried for the request,
+and tells it about each dispatch.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import aiohttp
 
-from aigw.config import GatewayConfig, ModelConfig
+from aigw.config import GatewayConfig, ModelConfig, RoutingConfig
+from aigw.errors import InvalidRequestError
 from aigw.policies import Policy, RouteContext, make_policy
+from aigw.policies.base import Filter
 from aigw.providers import Endpoint, make_provider
-from aigw.routing.deployment import Deployment, OutlierDetector
+from aigw.routing.deployment import Deployment, DeploymentState, OutlierDetector
+from aigw.routing.prefix import PrefixLRU
 
 __all__ = ["ModelRoute", "Router"]
 
@@ -28,6 +32,8 @@ class ModelRoute:
     deployments: tuple[Deployment, ...]
     policy: Policy
     fallbacks: tuple[str, ...]
+    adapter: str | None
+    smallest_context_window: int | None  # None when no deployment declares one
 
     def supports(self, endpoint: Endpoint) -> bool:
         return any(d.provider.supports(endpoint) for d in self.deployments)
@@ -39,10 +45,16 @@ class Router:
         config: GatewayConfig,
         clock: Callable[[], float],
         rng: random.Random,
+        filters: Sequence[Filter] = (),
     ) -> None:
         self.health = OutlierDetector(config.health)
         self._clock = clock
-        self.models: dict[str, ModelRoute] = {m.name: _build_route(m, rng) for m in config.models}
+        self._filters = tuple(filters)
+        routing = config.routing
+        self._stale_after = routing.scrape_interval * routing.stale_after_intervals
+        self.models: dict[str, ModelRoute] = {
+            m.name: _build_route(m, routing, rng) for m in config.models
+        }
         self.deployments: dict[str, Deployment] = {
             d.id: d for route in self.models.values() for d in route.deployments
         }
@@ -54,24 +66,46 @@ class Router:
         for name in route.fallbacks:
             yield self.models[name]
 
-    def pick(self, route: ModelRoute, request: RouteContext, tried: set[str]) -> Deployment | None:
+    def pick(self, route: ModelRoute, ctx: RouteContext, tried: set[str]) -> Deployment | None:
         """A deployment of ``route`` not yet ``tried`` for this request, or None.
 
-        Filters: the provider serves the endpoint, and the deployment is below its
-        ``max_concurrency``. Ejected deployments are left out unless every remaining candidate
-        is ejected (Envoy's "panic" mode: better to try a maybe-recovered upstream than to
-        fail without trying).
+        Candidates: the provider serves the endpoint and the deployment is below its
+        ``max_concurrency``; then every model-aware filter (a filter that leaves nothing raises
+        InvalidRequestError with its reason, when nothing was tried yet: the request cannot be
+        served by this model at all). Ejected deployments are left out unless every remaining
+        candidate is ejected (Envoy's "panic" mode: better to try a maybe-recovered upstream
+        than to fail without trying).
         """
         now = self._clock()
         candidates = [
             d
             for d in route.deployments
-            if d.id not in tried and d.provider.supports(request.endpoint) and not d.at_capacity
+            if d.id not in tried and d.provider.supports(ctx.endpoint) and not d.at_capacity
         ]
+        for keep in self._filters:
+            if not candidates:
+                break
+            kept = keep(candidates, ctx)
+            if not kept and not tried:
+                raise InvalidRequestError(keep.reason(ctx), code=f"no_deployment_{keep.name}")
+            candidates = kept
         if not candidates:
             return None
+        stale_before = now - self._stale_after
+        for d in candidates:
+            engine = d.state.engine
+            d.state.engine_stale = engine is None or engine.scraped_at < stale_before
         healthy = [d for d in candidates if self.health.is_available(d.state, now)]
-        return route.policy.pick(healthy or candidates, request)
+        return route.policy.pick(healthy or candidates, ctx)
+
+    @staticmethod
+    def record_dispatch(deployment: Deployment, ctx: RouteContext) -> None:
+        state = deployment.state
+        state.in_flight += 1
+        state.requests += 1
+        state.dispatched += 1
+        if ctx.prefix_blocks:
+            state.prefixes.add(ctx.prefix_blocks)
 
     def ready_models(self) -> dict[str, bool]:
         """Per model: whether at least one deployment is believed healthy right now."""
@@ -82,7 +116,7 @@ class Router:
         }
 
 
-def _build_route(model: ModelConfig, rng: random.Random) -> ModelRoute:
+def _build_route(model: ModelConfig, routing: RoutingConfig, rng: random.Random) -> ModelRoute:
     deployments = tuple(
         Deployment(
             id=dep.id,
@@ -91,15 +125,17 @@ def _build_route(model: ModelConfig, rng: random.Random) -> ModelRoute:
             provider=make_provider(dep),
             # sock_read stays unset: first-byte and idle gaps are enforced by the gateway,
             # because a non-streamed reply legitimately sends nothing until generation ends.
-            timeout=aiohttp.ClientTimeout(
-                total=dep.timeouts.total, sock_connect=dep.timeouts.connect
-            ),
+            timeout=aiohttp.ClientTimeout(total=dep.timeouts.total, sock_connect=dep.timeouts.connect),
+            state=DeploymentState(prefixes=PrefixLRU(routing.prefix_blocks_per_deployment)),
         )
         for dep in model.deployments
     )
+    windows = [d.context_window for d in model.deployments if d.context_window is not None]
     return ModelRoute(
         name=model.name,
         deployments=deployments,
         policy=make_policy(model.policy, random.Random(rng.random())),
         fallbacks=tuple(model.fallbacks),
+        adapter=model.adapter,
+        smallest_context_window=min(windows) if windows else None,
     )

@@ -1,7 +1,7 @@
 """``/v1/embeddings``: deterministic unit vectors, costed like one prefill-only forward pass.
 
 Embedding requests do not enter the generation engine (vLLM serves embeddings from a separate
-pooling model); each one waits ``step_seconds(prompt tokens, 0, 0) × slowdown × time_scale``
+pooling model); each one waits ``step_seconds(prompt tokens, 0, 0) x slowdown x time_scale``
 and answers. Vectors are ``EMBEDDING_DIM`` floats derived from a hash of each input, so equal
 inputs always get equal vectors; ``encoding_format: "base64"`` (the OpenAI SDK's default) packs
 them as little-endian float32.

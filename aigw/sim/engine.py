@@ -14,7 +14,7 @@ The model, one step at a time (one step = one forward pass of the whole batch):
    queue when they do not, as in vLLM). Admission looks the prompt up in the prefix cache
    (:mod:`aigw.sim.kvcache`): cached full blocks are shared and their tokens skip prefill.
 3. The step lasts ``profile.step_seconds(prefill tokens, decode sequences, decode context
-   tokens) × slowdown × time_scale`` (see :mod:`aigw.sim.profiles`), awaited with
+   tokens) x slowdown x time_scale`` (see :mod:`aigw.sim.profiles`), awaited with
    ``asyncio.sleep``.
 4. **Outputs**: a sequence whose prefill completed in this step emits its first token; every
    decoding sequence emits one token. A sequence that reached its target length finishes and

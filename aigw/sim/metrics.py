@@ -89,9 +89,9 @@ class EngineMetrics:
         "e2e",
         "generation_tokens",
         "itl",
+        "preemptions",
         "prefix_hits",
         "prefix_queries",
-        "preemptions",
         "prompt_tokens",
         "queue_time",
         "success",
@@ -146,13 +146,26 @@ class VllmCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         m = self._metrics
         running, waiting, usage = self._gauges()
-        yield self._gauge("vllm:num_requests_running", "Number of requests in model execution batches.", running)
-        yield self._gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting)
-        yield self._gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", usage)
-        yield self._gauge("vllm:gpu_cache_usage_perc", "GPU KV-cache usage (V0 name).", usage)
-        yield self._counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.", m.preemptions)
-        yield self._counter("vllm:prompt_tokens", "Number of prefill tokens processed.", m.prompt_tokens)
-        yield self._counter("vllm:generation_tokens", "Number of generation tokens processed.", m.generation_tokens)
+        gauges = (
+            ("vllm:num_requests_running", "Number of requests in model execution batches.",
+             running),
+            ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting),
+            ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", usage),
+            ("vllm:gpu_cache_usage_perc", "GPU KV-cache usage (V0 name).", usage),
+        )
+        for name, doc, value in gauges:
+            yield self._gauge(name, doc, value)
+        counters = (
+            ("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
+             m.preemptions),
+            ("vllm:prompt_tokens", "Number of prefill tokens processed.", m.prompt_tokens),
+            ("vllm:generation_tokens", "Number of generation tokens processed.",
+             m.generation_tokens),
+            ("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.", m.prefix_queries),
+            ("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.", m.prefix_hits),
+        )
+        for name, doc, value in counters:
+            yield self._counter(name, doc, value)
         success = CounterMetricFamily(
             "vllm:request_success",
             "Count of successfully processed requests.",
@@ -161,13 +174,15 @@ class VllmCollector(Collector):
         for reason, count in m.success.items():
             success.add_metric([*self._values, reason], count)
         yield success
-        yield self._counter("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.", m.prefix_queries)
-        yield self._counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.", m.prefix_hits)
-        yield self._histogram("vllm:time_to_first_token_seconds", "Time to first token in seconds.", m.ttft)
-        yield self._histogram("vllm:inter_token_latency_seconds", "Inter-token latency in seconds.", m.itl)
-        yield self._histogram("vllm:time_per_output_token_seconds", "Time per output token (deprecated).", m.itl)
-        yield self._histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency.", m.e2e)
-        yield self._histogram("vllm:request_queue_time_seconds", "Time spent waiting in the queue.", m.queue_time)
+        histograms = (
+            ("vllm:time_to_first_token_seconds", "Time to first token in seconds.", m.ttft),
+            ("vllm:inter_token_latency_seconds", "Inter-token latency in seconds.", m.itl),
+            ("vllm:time_per_output_token_seconds", "Time per output token (deprecated).", m.itl),
+            ("vllm:e2e_request_latency_seconds", "End-to-end request latency.", m.e2e),
+            ("vllm:request_queue_time_seconds", "Time spent waiting in the queue.", m.queue_time),
+        )
+        for name, doc, hist in histograms:
+            yield self._histogram(name, doc, hist)
 
 
 def render(registry: CollectorRegistry) -> bytes:

@@ -109,8 +109,8 @@ def _forced_tool(body: dict[str, Any]) -> str | None:
         return None
     if not isinstance(tools, list) or not tools:
         raise BadRequest("When using `tool_choice`, `tools` must be set.", "tools")
-    names = [
-        t["function"]["name"]
+    names: list[str] = [
+        str(t["function"]["name"])
         for t in tools
         if isinstance(t, dict)
         and isinstance(t.get("function"), dict)
@@ -125,7 +125,9 @@ def _forced_tool(body: dict[str, Any]) -> str | None:
         if name in names:
             return str(name)
         raise BadRequest(f"Tool '{name}' has not been passed in `tools`.", "tool_choice")
-    raise BadRequest("'tool_choice' must be 'none', 'auto', 'required' or a function", "tool_choice")
+    raise BadRequest(
+        "'tool_choice' must be 'none', 'auto', 'required' or a function", "tool_choice"
+    )
 
 
 def parse_chat(body: dict[str, Any], default_model: str) -> GenerationParams:
@@ -222,4 +224,5 @@ def parse_embedding(body: dict[str, Any], default_model: str) -> EmbeddingParams
         else:
             raise BadRequest("'input' items must be strings or token-id lists", "input")
         tokens.append(prompt.tokens)
-    return EmbeddingParams(_model(body, default_model), tuple(inputs), tuple(tokens), fmt == "base64")
+    model = _model(body, default_model)
+    return EmbeddingParams(model, tuple(inputs), tuple(tokens), fmt == "base64")

@@ -42,7 +42,8 @@ class Faults:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"faults.{name} must be within [0, 1], got {value}")
         if not 400 <= self.error_status <= 599:
-            raise ValueError(f"faults.error_status must be an HTTP error status, got {self.error_status}")
+            status = self.error_status
+            raise ValueError(f"faults.error_status must be an HTTP error status, got {status}")
         if self.die_after_tokens < 0:
             raise ValueError("faults.die_after_tokens must be >= 0")
         if self.slow_start < 0:
@@ -82,7 +83,7 @@ class BackendSettings:
 
 def faults_with(faults: Faults, changes: dict[str, Any]) -> Faults:
     """``faults`` with ``changes`` applied; ValueError on unknown fields or ill-typed values."""
-    known = {f.name: f.type for f in fields(Faults)}
+    known = [f.name for f in fields(Faults)]
     clean: dict[str, Any] = {}
     for name, value in changes.items():
         if name not in known:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -22,8 +22,21 @@ def dead_url() -> str:
     return f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
 
-def sdk(gateway: ThreadedServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+@pytest.fixture
+def sdk() -> Iterator[Callable[[ThreadedServer], openai.OpenAI]]:
+    """OpenAI clients for gateways, closed after the test."""
+    clients: list[openai.OpenAI] = []
+
+    def make(gateway: ThreadedServer) -> openai.OpenAI:
+        clients.append(openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+SDK = Callable[[ThreadedServer], openai.OpenAI]
 
 
 def one_model(*deployments: dict[str, Any], **model: Any) -> dict[str, Any]:
@@ -42,7 +55,7 @@ def wait_for_stats(
         time.sleep(0.02)
 
 
-def test_dead_deployment_is_skipped(start_backend: Start, start_gateway: Start) -> None:
+def test_dead_deployment_is_skipped(start_backend: Start, start_gateway: Start, sdk: SDK) -> None:
     good = start_backend()
     gateway = start_gateway(one_model(deployment(dead_url(), "dead"), deployment(good.url, "good")))
     client = sdk(gateway)
@@ -55,7 +68,7 @@ def test_dead_deployment_is_skipped(start_backend: Start, start_gateway: Start) 
 
 
 def test_failing_deployment_is_retried_elsewhere(
-    start_backend: Start, start_gateway: Start
+    start_backend: Start, start_gateway: Start, sdk: SDK
 ) -> None:
     broken = start_backend(faults={"error_rate": 1.0})
     good = start_backend()
@@ -72,7 +85,7 @@ def test_failing_deployment_is_retried_elsewhere(
     assert 1 <= httpx.get(f"{broken.url}/sim/stats").json()["received"] <= 3
 
 
-def test_single_unreachable_deployment_is_502(start_gateway: Start) -> None:
+def test_single_unreachable_deployment_is_502(start_gateway: Start, sdk: SDK) -> None:
     gateway = start_gateway(one_model(deployment(dead_url(), "dead")))
     with pytest.raises(openai.InternalServerError) as info:
         sdk(gateway).chat.completions.create(model=MODEL, messages=HELLO)
@@ -81,7 +94,7 @@ def test_single_unreachable_deployment_is_502(start_gateway: Start) -> None:
     assert "dead" in info.value.message
 
 
-def test_all_deployments_failing_is_503(start_gateway: Start) -> None:
+def test_all_deployments_failing_is_503(start_gateway: Start, sdk: SDK) -> None:
     gateway = start_gateway(
         one_model(deployment(dead_url(), "dead-1"), deployment(dead_url(), "dead-2"))
     )
@@ -92,7 +105,7 @@ def test_all_deployments_failing_is_503(start_gateway: Start) -> None:
 
 
 def test_fallback_model_serves_when_primary_fails(
-    start_backend: Start, start_gateway: Start
+    start_backend: Start, start_gateway: Start, sdk: SDK
 ) -> None:
     backup = start_backend()
     config = {
@@ -113,7 +126,7 @@ def test_fallback_model_serves_when_primary_fails(
 
 
 def test_hung_upstream_stream_times_out_with_504(
-    start_backend: Start, start_gateway: Start
+    start_backend: Start, start_gateway: Start, sdk: SDK
 ) -> None:
     hung = start_backend(faults={"hang_rate": 1.0})
     gateway = start_gateway(one_model(deployment(hung.url, "hung", timeouts={"first_byte": 0.3})))
@@ -124,7 +137,9 @@ def test_hung_upstream_stream_times_out_with_504(
     assert wait_for_stats(hung, "aborted", 1)["aborted"] == 1
 
 
-def test_hung_upstream_reply_times_out_with_504(start_backend: Start, start_gateway: Start) -> None:
+def test_hung_upstream_reply_times_out_with_504(
+    start_backend: Start, start_gateway: Start, sdk: SDK
+) -> None:
     hung = start_backend(faults={"hang_rate": 1.0})
     gateway = start_gateway(one_model(deployment(hung.url, "hung", timeouts={"total": 0.3})))
     with pytest.raises(openai.APIStatusError) as info:
@@ -133,7 +148,7 @@ def test_hung_upstream_reply_times_out_with_504(start_backend: Start, start_gate
 
 
 def test_upstream_dying_mid_stream_ends_with_error_event(
-    start_backend: Start, start_gateway: Start
+    start_backend: Start, start_gateway: Start, sdk: SDK
 ) -> None:
     dying = start_backend(faults={"die_mid_stream_rate": 1.0, "die_after_tokens": 2})
     gateway = start_gateway(one_model(deployment(dying.url, "dying")))
@@ -184,7 +199,7 @@ def test_client_disconnect_while_waiting_cancels_upstream(
     assert wait_for_stats(hung, "aborted", 1)["aborted"] == 1
 
 
-def test_body_over_limit_is_413(start_backend: Start, start_gateway: Start) -> None:
+def test_body_over_limit_is_413(start_backend: Start, start_gateway: Start, sdk: SDK) -> None:
     backend = start_backend()
     config = one_model(deployment(backend.url, "gpu"))
     config["server"] = {"max_body_bytes": 2000}
@@ -196,7 +211,7 @@ def test_body_over_limit_is_413(start_backend: Start, start_gateway: Start) -> N
     assert httpx.get(f"{backend.url}/sim/stats").json()["received"] == 0
 
 
-def test_readyz_reports_model_without_healthy_deployment(start_gateway: Start) -> None:
+def test_readyz_reports_model_without_healthy_deployment(start_gateway: Start, sdk: SDK) -> None:
     gateway = start_gateway(one_model(deployment(dead_url(), "dead")))
     assert httpx.get(f"{gateway.url}/readyz").status_code == 200
     client = sdk(gateway)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -29,13 +29,17 @@ def gateway(
 
 
 @pytest.fixture
-def client(gateway: ThreadedServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+def client(gateway: ThreadedServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0) as sdk:
+        yield sdk
 
 
 @pytest.fixture
-def aclient(gateway: ThreadedServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+async def aclient(gateway: ThreadedServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0
+    ) as sdk:
+        yield sdk
 
 
 HELLO: list[Any] = [{"role": "user", "content": "Hello there"}]

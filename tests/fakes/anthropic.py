@@ -132,9 +132,7 @@ def _reply(body: dict[str, Any], model: str) -> dict[str, Any]:
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
-    return " ".join(
-        block.get("text", "") for block in content or () if block.get("type") == "text"
-    )
+    return " ".join(block.get("text", "") for block in content or () if block.get("type") == "text")
 
 
 def _sse(kind: str, data: dict[str, Any]) -> bytes:
@@ -147,7 +145,10 @@ async def _events(message: dict[str, Any]) -> AsyncIterator[bytes]:
     yield _sse("message_start", {"message": start})
     for index, block in enumerate(message["content"]):
         if block["type"] == "text":
-            yield _sse("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
+            yield _sse(
+                "content_block_start",
+                {"index": index, "content_block": {"type": "text", "text": ""}},
+            )
             yield _sse("ping", {})
             words = block["text"].split(" ")
             for i, word in enumerate(words):
@@ -155,7 +156,9 @@ async def _events(message: dict[str, Any]) -> AsyncIterator[bytes]:
                 delta = {"type": "text_delta", "text": piece}
                 yield _sse("content_block_delta", {"index": index, "delta": delta})
         else:
-            yield _sse("content_block_start", {"index": index, "content_block": {**block, "input": {}}})
+            yield _sse(
+                "content_block_start", {"index": index, "content_block": {**block, "input": {}}}
+            )
             yield _sse("ping", {})
             # Real streams open with an empty fragment, then send the JSON in pieces.
             for piece in ("", "{", "}"):
@@ -163,5 +166,7 @@ async def _events(message: dict[str, Any]) -> AsyncIterator[bytes]:
                 yield _sse("content_block_delta", {"index": index, "delta": delta})
         yield _sse("content_block_stop", {"index": index})
     delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
-    yield _sse("message_delta", {"delta": delta, "usage": {"output_tokens": usage["output_tokens"]}})
+    yield _sse(
+        "message_delta", {"delta": delta, "usage": {"output_tokens": usage["output_tokens"]}}
+    )
     yield _sse("message_stop", {})

@@ -1,0 +1,141 @@
+"""Background scraping of inference engines' Prometheus metrics into EngineSnapshots.
+
+One asyncio task per deployment with a ``metrics_url``, owned by the app's lifespan. Names
+understood (summed over label sets, e.g. several model_name values):
+
+| signal | vLLM V1 | vLLM V0 | SGLang | TGI |
+| --- | --- | --- | --- | --- |
+| waiting | vllm:num_requests_waiting | same | sglang:num_queue_reqs | tgi_queue_size |
+| running | vllm:num_requests_running | same | sglang:num_running_reqs | tgi_batch_current_size |
+| KV usage | vllm:kv_cache_usage_perc | vllm:gpu_cache_usage_perc | sglang:token_usage | — |
+| prefix hits/queries | vllm:prefix_cache_hits_total / _queries_total | vllm:gpu_prefix_cache_* | — | — |
+| LoRA loaded | vllm:lora_requests_info (running/waiting_lora_adapters labels) | same | — | — |
+
+Parsing uses prometheus_client's text parser. A vLLM /metrics page is mostly histogram
+buckets we do not need, so lines are first narrowed to the names above with one
+``str.startswith`` per line; that keeps a scrape's CPU on the event loop small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterable
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from aigw.routing.deployment import Deployment
+from aigw.routing.signals import EngineSnapshot
+
+__all__ = ["MetricsScraper", "parse_engine_metrics"]
+
+log = logging.getLogger("aigw.scraper")
+
+_WAITING = ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "tgi_queue_size")
+_RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs", "tgi_batch_current_size")
+_KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
+_HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
+_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
+_LORA = "vllm:lora_requests_info"
+_WANTED = (*_WAITING, *_RUNNING, *_KV, *_HITS, *_QUERIES, _LORA)
+# A line is wanted if it starts with a wanted name followed by a label set or a value.
+_PREFIXES = tuple(f"{name}{end}" for name in _WANTED for end in ("{", " "))
+
+
+def parse_engine_metrics(text: str, now: float, in_flight: int = 0) -> EngineSnapshot:
+    """Normalise one Prometheus text page into an EngineSnapshot (unknown names ignored)."""
+    wanted = "\n".join(line for line in text.splitlines() if line.startswith(_PREFIXES))
+    sums: dict[str, float] = {}
+    seen: set[str] = set()
+    adapters: set[str] = set()
+    latest_lora: tuple[float, set[str]] | None = None
+    for family in text_string_to_metric_families(wanted + "\n"):
+        for sample in family.samples:
+            name = sample.name
+            if name == _LORA:
+                # vLLM exports one sample per change, valued by its timestamp: keep the newest.
+                running = sample.labels.get("running_lora_adapters", "")
+                waiting = sample.labels.get("waiting_lora_adapters", "")
+                names = {a for a in f"{running},{waiting}".split(",") if a}
+                if latest_lora is None or sample.value >= latest_lora[0]:
+                    latest_lora = (sample.value, names)
+                continue
+            sums[name] = sums.get(name, 0.0) + float(sample.value)
+            seen.add(name)
+    if latest_lora is not None:
+        adapters = latest_lora[1]
+    hits, queries = _first(sums, _HITS), _first(sums, _QUERIES)
+    kv = _first(sums, _KV)
+    return EngineSnapshot(
+        scraped_at=now,
+        waiting=_first(sums, _WAITING) or 0.0,
+        running=_first(sums, _RUNNING) or 0.0,
+        kv_usage=min(1.0, kv) if kv is not None else None,
+        prefix_hit_rate=hits / queries if hits is not None and queries else None,
+        adapters=frozenset(adapters),
+        in_flight_at_scrape=in_flight,
+    )
+
+
+def _first(sums: dict[str, float], names: Iterable[str]) -> float | None:
+    for name in names:
+        if name in sums:
+            return sums[name]
+    return None
+
+
+class MetricsScraper:
+    """Scrapes every deployment with a metrics_url every ``interval`` seconds (±20% jitter)."""
+
+    def __init__(
+        self,
+        deployments: Iterable[Deployment],
+        client: httpx.AsyncClient,
+        interval: float,
+        rng: random.Random,
+    ) -> None:
+        self._targets = [d for d in deployments if d.config.metrics_url]
+        self._client = client
+        self._interval = interval
+        self._rng = rng
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._loop(d), name=f"scrape:{d.id}") for d in self._targets
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def scrape_once(self, deployment: Deployment) -> bool:
+        """One scrape; True if it produced a fresh snapshot."""
+        url = deployment.config.metrics_url
+        assert url is not None
+        loop = asyncio.get_running_loop()
+        try:
+            response = await self._client.get(url, timeout=max(1.0, 2 * self._interval))
+            response.raise_for_status()
+            snapshot = parse_engine_metrics(
+                response.text, loop.time(), in_flight=deployment.state.in_flight
+            )
+        except (httpx.HTTPError, ValueError) as exc:
+            log.debug("scraping %s failed: %s", deployment.id, exc)
+            return False
+        deployment.state.engine = snapshot
+        return True
+
+    async def _loop(self, deployment: Deployment) -> None:
+        # Spread the first scrapes so N targets are not fetched in lockstep.
+        await asyncio.sleep(self._rng.uniform(0, self._interval))
+        while True:
+            try:
+                await self.scrape_once(deployment)
+            except Exception:  # a background loop logs and goes on
+                log.exception("unexpected error scraping %s", deployment.id)
+            await asyncio.sleep(self._interval * self._rng.uniform(0.8, 1.2))
