@@ -270,7 +270,7 @@ def test_die_mid_stream_breaks_the_stream_without_done(start: Start) -> None:
     server = start(faults={"die_mid_stream_rate": 1.0, "die_after_tokens": 2})
     body = {**CHAT, "stream": True, "max_tokens": 50, "ignore_eos": True}
     seen: list[Any] = []
-    with pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012 - the break is mid-iteration
+    with pytest.raises(httpx.RemoteProtocolError):
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body) as response:
             seen.extend(sse_events(response.iter_lines()))
     assert "[DONE]" not in seen
