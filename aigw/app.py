@@ -10,20 +10,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
-
-import httpx
 
 from aigw.api import admin, routes
 from aigw.api.middleware import EdgeMiddleware
 from aigw.api.openai import ProxyEndpoint
 from aigw.config import GatewayConfig
 from aigw.gateway import Gateway
-from aigw.providers import Endpoint
 from aigw.policies.filters import MODEL_AWARE_FILTERS
+from aigw.providers import Endpoint
 from aigw.routing.context import ContextBuilder
 from aigw.routing.router import Router
 from aigw.routing.scraper import MetricsScraper

@@ -295,7 +295,7 @@ def _interpolate(
 
 
 def _format_validation(exc: ValidationError, source: str) -> list[str]:
-    problems = []
+    problems: list[str] = []
     for error in exc.errors(include_url=False):
         loc = _dotted(error["loc"])
         message = error["msg"]

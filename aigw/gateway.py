@@ -76,7 +76,9 @@ class Gateway:
         _, stream = await self._with_failover(ctx, self._open_stream)
         return stream
 
-    async def _context(self, endpoint: Endpoint, body: dict[str, Any], meta: RequestMeta) -> RouteContext:
+    async def _context(
+        self, endpoint: Endpoint, body: dict[str, Any], meta: RequestMeta
+    ) -> RouteContext:
         model = body["model"]
         route = self.router.models.get(model)
         if route is None:
@@ -138,13 +140,16 @@ class Gateway:
 
     async def _exchange(self, deployment: Deployment, ctx: RouteContext) -> Reply:
         provider = deployment.provider
-        upstream = provider.build_request(ctx.endpoint, ctx.body)  # type: ignore[arg-type]
+        upstream = provider.build_request(ctx.endpoint, ctx.body)
         session = self._pool.session(deployment)
         loop = asyncio.get_running_loop()
         started = loop.time()
         with transport_errors(deployment, "waiting for the reply"):
             async with session.post(
-                upstream.url, data=upstream.body, headers=upstream.headers, timeout=deployment.timeout
+                upstream.url,
+                data=upstream.body,
+                headers=upstream.headers,
+                timeout=deployment.timeout,
             ) as response:
                 status = response.status
                 data = await response.read()
@@ -156,8 +161,8 @@ class Gateway:
 
     async def _open_stream(self, deployment: Deployment, ctx: RouteContext) -> UpstreamStream:
         provider = deployment.provider
-        upstream = provider.build_request(ctx.endpoint, ctx.body)  # type: ignore[arg-type]
-        translator = provider.stream_translator(ctx.endpoint, ctx.body)  # type: ignore[arg-type]
+        upstream = provider.build_request(ctx.endpoint, ctx.body)
+        translator = provider.stream_translator(ctx.endpoint, ctx.body)
         session = self._pool.session(deployment)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -165,7 +170,10 @@ class Gateway:
         with transport_errors(deployment, "waiting for the first byte"):
             async with asyncio.timeout(deployment.config.timeouts.first_byte):
                 response = await session.post(
-                    upstream.url, data=upstream.body, headers=upstream.headers, timeout=deployment.timeout
+                    upstream.url,
+                    data=upstream.body,
+                    headers=upstream.headers,
+                    timeout=deployment.timeout,
                 )
                 try:
                     if response.status >= 400:
@@ -194,16 +202,16 @@ async def _first_output(
     response: aiohttp.ClientResponse, translator: StreamTranslator, deployment: Deployment
 ) -> bytes:
     while True:
-        chunk = await response.content.readany()
+        chunk: bytes = await response.content.readany()
         if not chunk:
-            tail = translator.finish()
+            tail: bytes = translator.finish()
             if tail:
                 return tail
             raise UpstreamConnectionError(
                 f"deployment {deployment.id} closed the stream before sending any data",
                 code="upstream_error",
             )
-        out = translator.feed(chunk)
+        out: bytes = translator.feed(chunk)
         if out:
             return out
 

@@ -17,6 +17,7 @@ import orjson
 from aigw.errors import GatewayError, PayloadTooLargeError
 
 __all__ = [
+    "Message",
     "Receive",
     "Scope",
     "Send",

@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from aigw.api.asgi import (
+    Message,
     Receive,
     Scope,
     Send,
@@ -49,7 +50,7 @@ class ProxyEndpoint:
         state: AppState = scope["app"].state.aigw
         response_started = False
 
-        async def tracked_send(message: dict[str, object]) -> None:
+        async def tracked_send(message: Message) -> None:
             nonlocal response_started
             response_started = True
             await send(message)

@@ -79,7 +79,9 @@ class ContextBuilder:
             prompt_tokens = await self._counter.count_async(text)
         else:
             prompt_tokens = (len(text) + _CHARS_PER_TOKEN - 1) // _CHARS_PER_TOKEN
-        blocks = prefix_blocks(text, self._block_chars) if endpoint is not Endpoint.EMBEDDINGS else ()
+        blocks = (
+            prefix_blocks(text, self._block_chars) if endpoint is not Endpoint.EMBEDDINGS else ()
+        )
         opening = min(len(blocks), _OPENING_BLOCKS_MAX, max(1, opening_chars // self._block_chars))
         user = body.get("user")
         return RouteContext(
@@ -112,7 +114,9 @@ def _prompt(body: Mapping[str, Any]) -> tuple[str, int]:
             content = message.get("content")
             if isinstance(content, list):
                 content = "".join(
-                    p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+                    p["text"]
+                    for p in content
+                    if isinstance(p, dict) and isinstance(p.get("text"), str)
                 )
             parts.append(f"{role}\x1f{content if isinstance(content, str) else ''}\x1e")
             if not opening and role == "user":

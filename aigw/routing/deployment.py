@@ -19,7 +19,6 @@ from aigw.routing.signals import EngineSnapshot, Ewma, PeakEwma
 __all__ = ["Deployment", "DeploymentState", "OutlierDetector"]
 
 
-
 @dataclass(slots=True)
 class DeploymentState:
     """Gateway-local signals of one deployment, plus its last engine scrape.

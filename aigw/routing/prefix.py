@@ -72,7 +72,8 @@ def rendezvous_rank(key: int, ids: Sequence[str]) -> list[int]:
     """
     weights = [
         int.from_bytes(
-            hashlib.blake2b(key.to_bytes(8, "little"), digest_size=8, key=i.encode()).digest(), "little"
+            hashlib.blake2b(key.to_bytes(8, "little"), digest_size=8, key=i.encode()).digest(),
+            "little",
         )
         for i in ids
     ]

@@ -96,7 +96,8 @@ class Router:
             engine = d.state.engine
             d.state.engine_stale = engine is None or engine.scraped_at < stale_before
         healthy = [d for d in candidates if self.health.is_available(d.state, now)]
-        return route.policy.pick(healthy or candidates, ctx)
+        chosen: Deployment = route.policy.pick(healthy or candidates, ctx)
+        return chosen
 
     @staticmethod
     def record_dispatch(deployment: Deployment, ctx: RouteContext) -> None:
@@ -125,7 +126,9 @@ def _build_route(model: ModelConfig, routing: RoutingConfig, rng: random.Random)
             provider=make_provider(dep),
             # sock_read stays unset: first-byte and idle gaps are enforced by the gateway,
             # because a non-streamed reply legitimately sends nothing until generation ends.
-            timeout=aiohttp.ClientTimeout(total=dep.timeouts.total, sock_connect=dep.timeouts.connect),
+            timeout=aiohttp.ClientTimeout(
+                total=dep.timeouts.total, sock_connect=dep.timeouts.connect
+            ),
             state=DeploymentState(prefixes=PrefixLRU(routing.prefix_blocks_per_deployment)),
         )
         for dep in model.deployments

@@ -46,9 +46,11 @@ async def send_json(
     send: Send, status: int, payload: Any, headers: tuple[tuple[bytes, bytes], ...] = ()
 ) -> None:
     body = orjson.dumps(payload)
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -37,6 +37,10 @@ def embedding_response(params: EmbeddingParams, response_id: str) -> dict[str, A
         "created": int(time.time()),
         "model": params.model,
         "data": data,
-        "usage": {"prompt_tokens": total, "total_tokens": total, "completion_tokens": 0,
-                  "prompt_tokens_details": None},
+        "usage": {
+            "prompt_tokens": total,
+            "total_tokens": total,
+            "completion_tokens": 0,
+            "prompt_tokens_details": None,
+        },
     }

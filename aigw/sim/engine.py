@@ -260,9 +260,10 @@ class Engine:
                 context_tokens += req.prompt_tokens + req.generated
                 decodes.append(req)
         # As in vLLM, a step that had to preempt admits nobody: the cache is already short.
-        preempted = self.metrics.preemptions != preemptions_before
+        # (Unless nothing else runs, so that the loop can never stall with work queued.)
+        hold = self.metrics.preemptions != preemptions_before and bool(prefills or decodes)
         limit = self.config.max_num_seqs
-        while self.waiting and budget and not preempted and len(self.running) < limit:
+        while self.waiting and budget and not hold and len(self.running) < limit:
             head = next(iter(self.waiting.values()))
             chunk = self._admit(head, budget)
             if chunk == 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from aigw.sim.params import BadRequest, GenerationParams
 from aigw.sim.text import Prompt, Vocabulary
 
 __all__ = ["NATURAL_LENGTH", "Generator", "Outcome"]
+
+log = logging.getLogger("aigw.sim")
 
 NATURAL_LENGTH = (8, 40)
 _TOOL_ARGUMENT_PIECES = ("{", "}")
@@ -196,8 +199,11 @@ class Generator:
             delta: dict[str, Any] = {"content": plan.pieces[k]}
         elif k == 0:
             function = {"name": params.tool, "arguments": ""}
-            delta = {"tool_calls": [{"index": 0, "id": tool_id, "type": "function",
-                                     "function": function}]}
+            delta = {
+                "tool_calls": [
+                    {"index": 0, "id": tool_id, "type": "function", "function": function}
+                ]
+            }
         else:
             delta = {"tool_calls": [{"index": 0, "function": {"arguments": plan.pieces[k - 1]}}]}
         return wire.sse(wire.chat_chunk(head, plan.index, delta, finish))
@@ -243,20 +249,25 @@ class Generator:
             if disconnect.gone:
                 return Outcome.ABORTED
             if parts:
-                await send({"type": "http.response.body", "body": b"".join(parts),
-                            "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
+                )
             if budget == 0:
                 # Simulated crash: return without finishing the response; uvicorn closes the
-                # connection, so the client sees a truncated chunked body and no [DONE].
+                # connection (logging "ASGI callable returned without completing response"),
+                # so the client sees a truncated chunked body and no [DONE].
+                log.info("fault injected: dropping the stream after %d tokens", die_after)
                 return Outcome.FAILED
             if all(req.done for req in requests):
                 break
             await disconnect.signal.wait()
         if any(req.state is SeqState.ABORTED for req in requests):
             return Outcome.FAILED  # the engine gave up (shutdown): drop the stream
-        tail = [wire.sse({**head, "choices": [], "usage": _usage(params, requests)})] if (
-            params.include_usage
-        ) else []
+        tail = (
+            [wire.sse({**head, "choices": [], "usage": _usage(params, requests)})]
+            if (params.include_usage)
+            else []
+        )
         tail.append(wire.DONE)
         await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
         return Outcome.COMPLETED

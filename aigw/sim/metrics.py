@@ -45,12 +45,74 @@ __all__ = ["FINISH_REASONS", "EngineMetrics", "Histogram", "VllmCollector", "ren
 FINISH_REASONS = ("stop", "length", "abort")
 
 # Bucket bounds as vLLM V1 declares them (vllm/v1/metrics/loggers.py).
-_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
-                 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-_ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
-                2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
-_REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
-                    50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+_TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+_ITL_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+_REQUEST_BUCKETS = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+)
 
 
 class Histogram:
@@ -147,8 +209,11 @@ class VllmCollector(Collector):
         m = self._metrics
         running, waiting, usage = self._gauges()
         gauges = (
-            ("vllm:num_requests_running", "Number of requests in model execution batches.",
-             running),
+            (
+                "vllm:num_requests_running",
+                "Number of requests in model execution batches.",
+                running,
+            ),
             ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting),
             ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", usage),
             ("vllm:gpu_cache_usage_perc", "GPU KV-cache usage (V0 name).", usage),
@@ -156,11 +221,17 @@ class VllmCollector(Collector):
         for name, doc, value in gauges:
             yield self._gauge(name, doc, value)
         counters = (
-            ("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
-             m.preemptions),
+            (
+                "vllm:num_preemptions",
+                "Cumulative number of preemption from the engine.",
+                m.preemptions,
+            ),
             ("vllm:prompt_tokens", "Number of prefill tokens processed.", m.prompt_tokens),
-            ("vllm:generation_tokens", "Number of generation tokens processed.",
-             m.generation_tokens),
+            (
+                "vllm:generation_tokens",
+                "Number of generation tokens processed.",
+                m.generation_tokens,
+            ),
             ("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.", m.prefix_queries),
             ("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.", m.prefix_hits),
         )

@@ -61,8 +61,14 @@ from aigw.sim.settings import (
 )
 from aigw.sim.text import Vocabulary
 
-__all__ = ["BackendSettings", "Faults", "SimServer", "add_arguments", "create_app",
-           "settings_from_args"]
+__all__ = [
+    "BackendSettings",
+    "Faults",
+    "SimServer",
+    "add_arguments",
+    "create_app",
+    "settings_from_args",
+]
 
 REQUEST_LOG_SIZE = 50
 _CHAT, _COMPLETIONS, _EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
@@ -162,15 +168,29 @@ class SimServer:
             return
         model = self.settings.model
         card = {
-            "id": model, "object": "model", "created": int(time.time()), "owned_by": "vllm",
-            "root": model, "parent": None, "max_model_len": self.settings.max_model_len,
-            "permission": [{
-                "id": f"modelperm-{self.rng.getrandbits(64):016x}", "object": "model_permission",
-                "created": int(time.time()), "allow_create_engine": False,
-                "allow_sampling": True, "allow_logprobs": True, "allow_search_indices": False,
-                "allow_view": True, "allow_fine_tuning": False, "organization": "*",
-                "group": None, "is_blocking": False,
-            }],
+            "id": model,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "vllm",
+            "root": model,
+            "parent": None,
+            "max_model_len": self.settings.max_model_len,
+            "permission": [
+                {
+                    "id": f"modelperm-{self.rng.getrandbits(64):016x}",
+                    "object": "model_permission",
+                    "created": int(time.time()),
+                    "allow_create_engine": False,
+                    "allow_sampling": True,
+                    "allow_logprobs": True,
+                    "allow_search_indices": False,
+                    "allow_view": True,
+                    "allow_fine_tuning": False,
+                    "organization": "*",
+                    "group": None,
+                    "is_blocking": False,
+                }
+            ],
         }
         await send_json(send, 200, {"object": "list", "data": [card]})
 

@@ -46,8 +46,32 @@ BYTES_PER_TOKEN = 4
 EMBEDDING_DIM = 64
 _BLOCK_BYTES = BLOCK_SIZE * BYTES_PER_TOKEN
 _SYLLABLES = (
-    "ka", "lo", "mi", "ne", "ru", "ta", "vo", "shi", "an", "el", "or", "ix", "um", "pra",
-    "ten", "dor", "bel", "cas", "fin", "gal", "hem", "jul", "mar", "nis", "pol", "qua",
+    "ka",
+    "lo",
+    "mi",
+    "ne",
+    "ru",
+    "ta",
+    "vo",
+    "shi",
+    "an",
+    "el",
+    "or",
+    "ix",
+    "um",
+    "pra",
+    "ten",
+    "dor",
+    "bel",
+    "cas",
+    "fin",
+    "gal",
+    "hem",
+    "jul",
+    "mar",
+    "nis",
+    "pol",
+    "qua",
 )
 
 

@@ -82,14 +82,23 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
 
 def _message(choice: Choice) -> dict[str, Any]:
     if choice.tool_call is None:
-        return {"role": "assistant", "content": choice.text, "tool_calls": [],
-                "reasoning_content": None}
+        return {
+            "role": "assistant",
+            "content": choice.text,
+            "tool_calls": [],
+            "reasoning_content": None,
+        }
     call = choice.tool_call
     return {
         "role": "assistant",
         "content": None,
-        "tool_calls": [{"id": call.call_id, "type": "function",
-                        "function": {"name": call.name, "arguments": call.arguments}}],
+        "tool_calls": [
+            {
+                "id": call.call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+        ],
         "reasoning_content": None,
     }
 
@@ -103,8 +112,13 @@ def chat_response(
         "created": created,
         "model": model,
         "choices": [
-            {"index": c.index, "message": _message(c), "logprobs": None,
-             "finish_reason": c.finish_reason, "stop_reason": None}
+            {
+                "index": c.index,
+                "message": _message(c),
+                "logprobs": None,
+                "finish_reason": c.finish_reason,
+                "stop_reason": None,
+            }
             for c in choices
         ],
         "usage": use,
@@ -121,8 +135,14 @@ def completion_response(
         "created": created,
         "model": model,
         "choices": [
-            {"index": c.index, "text": c.text, "logprobs": None,
-             "finish_reason": c.finish_reason, "stop_reason": None, "prompt_logprobs": None}
+            {
+                "index": c.index,
+                "text": c.text,
+                "logprobs": None,
+                "finish_reason": c.finish_reason,
+                "stop_reason": None,
+                "prompt_logprobs": None,
+            }
             for c in choices
         ],
         "usage": use,
@@ -136,8 +156,9 @@ def chat_chunk(
     when the client asked for usage)."""
     return {
         **head,
-        "choices": [{"index": index, "delta": delta, "logprobs": None,
-                     "finish_reason": finish_reason}],
+        "choices": [
+            {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        ],
     }
 
 
@@ -146,6 +167,13 @@ def completion_chunk(
 ) -> dict[str, Any]:
     return {
         **head,
-        "choices": [{"index": index, "text": text, "logprobs": None,
-                     "finish_reason": finish_reason, "stop_reason": None}],
+        "choices": [
+            {
+                "index": index,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": finish_reason,
+                "stop_reason": None,
+            }
+        ],
     }

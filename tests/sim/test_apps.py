@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
+from typing import Any
 
 import httpx
 
 from aigw.sim.server import BackendSettings, create_app
 
-CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+CHAT: dict[str, Any] = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
 
 
 async def test_apps_in_one_loop_keep_separate_engines_counters_and_metrics() -> None:

@@ -150,7 +150,7 @@ async def test_admission_waits_until_kv_blocks_fit(make: Factory) -> None:
     assert h.engine.kv.used == 3
     await h.steps.step()
     await h.steps.step()  # first finished, its blocks are free: second admitted
-    assert first.state is SeqState.FINISHED and second.state is SeqState.RUNNING
+    assert [first.state, second.state] == [SeqState.FINISHED, SeqState.RUNNING]
     assert h.metrics.preemptions == 0
 
 

@@ -19,7 +19,7 @@ from aigw.sim.server import BackendSettings, Faults, create_app
 from tests.servers import ThreadedServer, serve_in_thread
 
 FAST = 0.01
-CHAT = {"model": "fake-llama", "messages": [{"role": "user", "content": "Say something."}]}
+CHAT: dict[str, Any] = {"model": "fake-llama", "messages": [{"role": "user", "content": "Say something."}]}
 
 Start = Callable[..., ThreadedServer]
 
@@ -200,11 +200,14 @@ def test_forced_tool_call_non_streamed_and_streamed(start: Start, sdk: Sdk) -> N
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         stream=True,
     )
-    deltas = [c.choices[0] for c in stream if c.choices and c.choices[0].delta.tool_calls]
-    first: Any = deltas[0].delta.tool_calls
-    assert first[0].id and first[0].function.name == "get_weather"
-    arguments = "".join(d.delta.tool_calls[0].function.arguments or "" for d in deltas)  # type: ignore[index, union-attr]
-    assert json.loads(arguments) == {} and deltas[-1].finish_reason == "tool_calls"
+    chunks = [c for c in stream if c.choices]
+    assert [c.choices[0].finish_reason for c in chunks][-1] == "tool_calls"
+    calls: list[Any] = [c.choices[0].delta.tool_calls for c in chunks]
+    calls = [c[0] for c in calls if c]
+    assert calls[0].id and calls[0].function.name == "get_weather"
+    assert not any(c.id for c in calls[1:])  # later deltas carry only argument pieces
+    arguments = "".join(c.function.arguments or "" for c in calls)
+    assert json.loads(arguments) == {}
 
 
 def test_context_length_and_malformed_bodies_are_400(start: Start, sdk: Sdk) -> None:

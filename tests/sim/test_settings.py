@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import pytest
 
@@ -51,9 +52,9 @@ def test_unknown_profile_is_refused_by_the_parser() -> None:
         lambda: BackendSettings(time_scale=-1),
     ],
 )
-def test_out_of_range_values_raise_value_error(make: object) -> None:
+def test_out_of_range_values_raise_value_error(make: Callable[[], object]) -> None:
     with pytest.raises(ValueError):
-        make()  # type: ignore[operator]
+        make()
 
 
 def test_faults_with_checks_names_and_types() -> None:
