@@ -67,6 +67,11 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
             gateway=Gateway(router, pool, contexts, config.retry.max_attempts),
             started_at=int(time.time()),
         )
+        if config.state.backend == "redis":
+            log.warning(
+                "state.backend is redis, but this version keeps routing state per process; "
+                "queues, rate limits and sessions shared through Redis are not built yet"
+            )
         log.info(
             "aigw ready: %d models, %d deployments", len(router.models), len(router.deployments)
         )

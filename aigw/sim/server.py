@@ -105,7 +105,6 @@ class SimServer:
         self._baseline = (0, 0, 0)  # engine preemptions, prefix queries, hits at last reset
         self._auth = f"Bearer {settings.api_key}".encode() if settings.api_key else None
         self.started_at = time.monotonic()
-        self.faults = settings.faults
         self.set_faults(settings.faults)
         self.reset()
 
