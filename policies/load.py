@@ -1,0 +1,102 @@
+"""A deployment's load *now*: the last engine scrape, corrected by the gateway's own traffic.
+
+An engine is scraped every second or so; between scrapes the gateway keeps dispatching. A
+policy that trusts the scrape alone sends a whole burst to whichever engine looked idle at
+the last scrape (herding). The cure: ``state.in_flight - engine.in_flight_at_scrape`` is
+what this gateway sent (positive) or saw finish (negative) since the scrape, and is added to
+the scraped load. The estimate also splits that load into running and waiting with an
+estimate of the engine's batch capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from aigw.policies.tuning import Tuning
+from aigw.routing.deployment import Deployment
+
+__all__ = ["Load", "LoadEstimator", "estimate_load"]
+
+
+class Load(NamedTuple):
+    """Estimated requests running and waiting on one deployment now.
+
+    A NamedTuple rather than a dataclass: one is built per candidate per decision, and a
+    tuple is the cheapest immutable record Python has.
+    """
+
+    running: float
+    waiting: float
+    capacity: float  # requests the engine can run at once (estimated; > 0)
+    kv: float | None  # KV-cache fill in [0, 1], None when unknown
+    fresh: bool  # False: no usable engine snapshot, the numbers are gateway-local
+
+
+def estimate_load(deployment: Deployment, tuning: Tuning) -> Load:
+    """The load of ``deployment`` from its engine snapshot, or gateway-local when stale.
+
+    Capacity: an engine with a waiting queue is full, so it runs what it runs now; otherwise
+    the KV fill tells how many more sequences of the current mix fit (running / kv_usage);
+    without either, ``max_concurrency`` or ``tuning.assumed_batch``. Stale or absent
+    metrics: running = the gateway's in-flight count, waiting = 0.
+    """
+    state = deployment.state
+    in_flight = state.in_flight
+    engine = state.engine
+    limit = deployment.config.max_concurrency
+    if engine is None or state.engine_stale:
+        return Load(float(in_flight), 0.0, max(in_flight + 1.0, limit or tuning.assumed_batch), None, False)
+    running = engine.running
+    waiting = engine.waiting
+    kv = engine.kv_usage
+    total = running + waiting + (in_flight - engine.in_flight_at_scrape)
+    if total < 0.0:
+        total = 0.0
+    if waiting > 0.0:
+        capacity = running if running > 1.0 else 1.0
+    elif kv is not None and kv > 0.01 and running > 0.0:
+        capacity = max(running + 1.0, running / kv)
+    else:
+        capacity = max(running + 1.0, limit or tuning.assumed_batch)
+    now_running = total if total < capacity else capacity
+    if kv is not None and running > 0.0:
+        kv = min(1.0, kv * now_running / running)
+    return Load(now_running, total - now_running, capacity, kv, True)
+
+
+class LoadEstimator:
+    """Estimates loads once per decision for every scorer of one policy.
+
+    Several scorers (queue, running batch, KV, affinity) read the same estimates; the policy
+    brackets each decision with :meth:`begin`/:meth:`end` and the first scorer's call is
+    remembered for the others. Outside a bracket nothing is remembered, so a scorer used on
+    its own always sees current state.
+    """
+
+    __slots__ = ("_active", "_candidates", "_loads", "tuning")
+
+    def __init__(self, tuning: Tuning) -> None:
+        self.tuning = tuning
+        self._active = False
+        self._candidates: Sequence[Deployment] | None = None
+        self._loads: list[Load] = []
+
+    def begin(self) -> None:
+        self._active = True
+        self._candidates = None
+
+    def end(self) -> None:
+        self._active = False
+        self._candidates = None
+        self._loads = []
+
+    def loads(self, candidates: Sequence[Deployment]) -> list[Load]:
+        if self._active and candidates is self._candidates:
+            return self._loads
+        tuning = self.tuning
+        loads = [estimate_load(d, tuning) for d in candidates]
+        if self._active:
+            self._candidates = candidates
+            self._loads = loads
+        return loads

@@ -1,0 +1,104 @@
+"""Predicted time to first token (seconds) of a request on each candidate.
+
+GPU deployment with fresh engine metrics (load from :func:`aigw.policies.load.estimate_load`,
+i.e. running + waiting from the scrape plus the gateway's dispatches since it)::
+
+    service   = output_tokens_ewma x tpot_ewma                   # one request's decode time
+    excess    = running + waiting + 1 - capacity                 # our place beyond the batch
+    queue     = excess x service / capacity   if excess > 0      # capacity/service drain/s
+    kv        = kv_penalty_s x clamp((kv_usage - kv_threshold) / (1 - kv_threshold), 0, 1)
+    prefill   = prompt_tokens x prefill_per_token_ewma x (1 - overlap)
+                x (1 + running / chunk_tokens)                   # steps shared with decodes
+    ttft      = (queue + kv + prefill) x retry
+
+GPU deployment with stale or absent metrics (gateway-local signals only)::
+
+    base      = ttft_ewma, or prompt_tokens x prefill_per_token when cold
+    ttft      = max(base - saved_prefill, base / 10) x (1 + in_flight / capacity) x retry
+
+Cloud deployment (elastic: no queue)::
+
+    ttft      = ttft_ewma (cold_ttft_s until the first sample) x retry
+
+``retry = 1 / (1 - error_rate)`` (error rate capped at 0.9): the expected number of tries.
+``overlap`` is the expected cached share of the prompt prefix (:mod:`aigw.policies.affinity`),
+so affinity is worth exactly the prefill time it saves and yields once a queue costs more.
+Cold defaults come from :class:`~aigw.policies.tuning.Tuning`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aigw.policies.affinity import affinity_overlaps
+from aigw.policies.base import RouteContext
+from aigw.policies.kit import ScorerKit, relative
+from aigw.policies.load import Load
+from aigw.policies.tuning import Tuning
+from aigw.routing.deployment import Deployment
+
+__all__ = ["TtftPredictor", "TtftScorer", "predict_ttft"]
+
+
+def predict_ttft(
+    deployment: Deployment, load: Load, overlap: float, prompt_tokens: int, tuning: Tuning
+) -> float:
+    """Predicted TTFT in seconds of one request on one deployment (formula: module doc)."""
+    state = deployment.state
+    error_rate = state.errors.value
+    retry = 1.0 / (1.0 - min(error_rate, 0.9)) if error_rate else 1.0
+    if deployment.config.is_cloud:
+        return state.ttft.get(tuning.cold_ttft_s) * retry
+    prefill = prompt_tokens * state.prefill_per_token.get(tuning.prefill_s_per_token)
+    if not load.fresh:
+        base = state.ttft.value
+        if base is None:
+            base = prefill
+        local = max(base - prefill * overlap, base * 0.1)
+        return local * (1.0 + load.running / load.capacity) * retry
+    excess = load.running + load.waiting + 1.0 - load.capacity
+    seconds = prefill * (1.0 - overlap) * (1.0 + load.running / tuning.chunk_tokens)
+    if excess > 0.0:
+        service = state.output_tokens.get(tuning.output_tokens) * state.tpot.get(tuning.tpot_s)
+        seconds += excess * service / load.capacity
+    kv = load.kv
+    if kv is not None and kv > tuning.kv_threshold:
+        pressure = (kv - tuning.kv_threshold) / (1.0 - tuning.kv_threshold)
+        seconds += tuning.kv_penalty_s * min(1.0, pressure)
+    return seconds * retry
+
+
+class TtftPredictor:
+    """Predicts TTFT for every candidate of one decision, sharing the policy's load
+    estimates and affinity state (:class:`~aigw.policies.kit.ScorerKit`)."""
+
+    __slots__ = ("_kit",)
+
+    def __init__(self, kit: ScorerKit) -> None:
+        self._kit = kit
+
+    def predict(self, candidates: Sequence[Deployment], ctx: RouteContext) -> list[float]:
+        kit = self._kit
+        tuning = kit.tuning
+        loads = kit.loads.loads(candidates)
+        overlaps = affinity_overlaps(candidates, ctx, kit.loads, kit.rendezvous)
+        tokens = ctx.prompt_tokens
+        return [
+            predict_ttft(d, load, overlap, tokens, tuning)
+            for d, load, overlap in zip(candidates, loads, overlaps, strict=True)
+        ]
+
+
+class TtftScorer:
+    """Lowest predicted time to first token; score = best prediction / this one (with a
+    1 ms offset). Signals: everything :func:`predict_ttft` reads (engine snapshot, in-flight,
+    TTFT/TPOT/prefill/output EWMAs, error rate, prefix overlap)."""
+
+    __slots__ = ("_predictor",)
+    name = "ttft"
+
+    def __init__(self, kit: ScorerKit) -> None:
+        self._predictor = TtftPredictor(kit)
+
+    def __call__(self, candidates: Sequence[Deployment], ctx: RouteContext) -> list[float]:
+        return relative(self._predictor.predict(candidates, ctx), 1e-3)
