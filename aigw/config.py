@@ -135,7 +135,6 @@ class SpilloverConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = Field(min_length=1)
-    policy: str | dict[str, Any] = "round-robin"
     fallbacks: list[str] = Field(default_factory=list)
     deployments: list[DeploymentConfig] = Field(min_length=1)
     # Predicted time to first token above which `auto` spills over to cloud deployments.
@@ -143,14 +142,16 @@ class ModelConfig(_Strict):
     spillover: SpilloverConfig = Field(default_factory=lambda: SpilloverConfig())
     adapter: str | None = None  # LoRA adapter this model's requests need on the engine
 
+    policy: str | dict[str, Any] = "auto"
+
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
-        from aigw.policies import POLICIES  # late: policies import this module
+        from aigw.policies import policy_problems  # late: policies import this module
 
-        name = value if isinstance(value, str) else value.get("name")
-        if name not in POLICIES:
-            raise ValueError(f"expected one of {', '.join(POLICIES)} (got {name!r})")
+        problems = policy_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
 

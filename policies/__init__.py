@@ -1,24 +1,33 @@
-"""Routing policies, chosen per model by the config's ``policy`` name."""
+"""Routing policies, chosen per model by the config's ``policy`` value.
+
+A policy is data: the router's model-aware filters (:data:`MODEL_AWARE_FILTERS`), then
+weighted scorers, then a picker. :data:`POLICIES` is the name -> preset table;
+:func:`make_policy` builds one per model and :func:`policy_problems` validates a config value.
+"""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
-from typing import Any
+from aigw.policies.base import Filter, Picker, Policy, RouteContext, Scorer
+from aigw.policies.filters import FILTERS, MODEL_AWARE_FILTERS
+from aigw.policies.pickers import PICKERS
+from aigw.policies.presets import PRESETS, Preset, make_policy, policy_problems
+from aigw.policies.scorers import SCORERS
 
-from aigw.policies.base import Policy, RouteContext
-from aigw.policies.classic import RandomPolicy, RoundRobinPolicy
+__all__ = [
+    "FILTERS",
+    "MODEL_AWARE_FILTERS",
+    "PICKERS",
+    "POLICIES",
+    "SCORERS",
+    "Filter",
+    "Picker",
+    "Policy",
+    "Preset",
+    "RouteContext",
+    "Scorer",
+    "make_policy",
+    "policy_problems",
+]
 
-__all__ = ["POLICIES", "Policy", "RouteContext", "make_policy"]
-
-# name -> factory(rng); every model gets its own policy instance.
-POLICIES: dict[str, Callable[[random.Random], Policy]] = {
-    "round-robin": RoundRobinPolicy,
-    "random": RandomPolicy,
-}
-
-
-def make_policy(spec: str | dict[str, Any], rng: random.Random) -> Policy:
-    """Build a policy from the config's ``policy`` value (a name, or ``{name: ...}``)."""
-    name = spec if isinstance(spec, str) else str(spec.get("name"))
-    return POLICIES[name](rng)
+# name -> preset (its builder is the factory); the names are what ``policy:`` accepts.
+POLICIES: dict[str, Preset] = PRESETS

@@ -79,19 +79,28 @@ class Rendezvous:
         return out
 
     def choose(
-        self, key: int, candidates: Sequence[Deployment], loads: Sequence[Load], load_factor: float
+        self,
+        key: int,
+        candidates: Sequence[Deployment],
+        loads: Sequence[Load],
+        load_factor: float,
+        members: Sequence[int] | None = None,
     ) -> int:
-        """Index of the most preferred candidate whose load is under the bounded capacity."""
-        weights = self.weights(key, candidates)
-        count = len(candidates)
+        """Index of the most preferred candidate whose load is under the bounded capacity,
+        among ``members`` (indices into ``candidates``; default all of them)."""
+        if members is None:
+            members = range(len(candidates))
+        weights = dict(
+            zip(members, self.weights(key, [candidates[i] for i in members]), strict=True)
+        )
         total = 0.0
-        for load in loads:
-            total += load.running + load.waiting
-        capacity = bounded_capacity(total, count, load_factor)
-        best = max(range(count), key=weights.__getitem__)
+        for i in members:
+            total += loads[i].running + loads[i].waiting
+        capacity = bounded_capacity(total, len(members), load_factor)
+        best = max(weights, key=weights.__getitem__)
         if loads[best].running + loads[best].waiting < capacity:
             return best
-        for i in sorted(range(count), key=weights.__getitem__, reverse=True):
+        for i in sorted(weights, key=weights.__getitem__, reverse=True):
             if loads[i].running + loads[i].waiting < capacity:
                 return i
         return best  # unreachable: the least loaded member is always below capacity
@@ -114,16 +123,22 @@ def affinity_overlaps(
     ctx: RouteContext,
     loads: LoadEstimator,
     rendezvous: Rendezvous,
+    members: Sequence[int] | None = None,
 ) -> list[float]:
-    """Per candidate, the expected share of the prompt's prefix blocks it has cached."""
+    """Per candidate, the expected share of the prompt's prefix blocks it has cached.
+
+    ``members``: the candidates (indices) the rendezvous preference may fall on; default all.
+    """
     blocks = ctx.prefix_blocks
     count = len(blocks)
     if not count:
         return [0.0] * len(candidates)
     overlaps = [d.state.prefixes.matched(blocks) / count for d in candidates]
     key = ctx.affinity_key
-    if key is not None and len(candidates) > 1:
-        target = rendezvous.choose(key, candidates, loads.loads(candidates), loads.tuning.load_factor)
+    if key is not None and len(candidates) > 1 and (members is None or members):
+        target = rendezvous.choose(
+            key, candidates, loads.loads(candidates), loads.tuning.load_factor, members
+        )
         opening = opening_share(ctx)
         if overlaps[target] < opening:
             overlaps[target] = opening

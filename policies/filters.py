@@ -10,6 +10,7 @@ come first (context, adapter, region, tags) so that their reason is the one repo
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 from aigw.policies.base import Filter, RouteContext
 from aigw.routing.deployment import Deployment
 
@@ -63,7 +64,9 @@ class AdapterFilter:
         kept = []
         for d in candidates:
             engine = d.state.engine
-            if (engine is not None and adapter in engine.adapters) or adapter in d.config.lora_adapters:
+            if (
+                engine is not None and adapter in engine.adapters
+            ) or adapter in d.config.lora_adapters:
                 kept.append(d)
         return kept
 

@@ -46,7 +46,9 @@ def estimate_load(deployment: Deployment, tuning: Tuning) -> Load:
     engine = state.engine
     limit = deployment.config.max_concurrency
     if engine is None or state.engine_stale:
-        return Load(float(in_flight), 0.0, max(in_flight + 1.0, limit or tuning.assumed_batch), None, False)
+        return Load(
+            float(in_flight), 0.0, max(in_flight + 1.0, limit or tuning.assumed_batch), None, False
+        )
     running = engine.running
     waiting = engine.waiting
     kv = engine.kv_usage

@@ -7,7 +7,7 @@ i.e. running + waiting from the scrape plus the gateway's dispatches since it)::
     excess    = running + waiting + 1 - capacity                 # our place beyond the batch
     queue     = excess x service / capacity   if excess > 0      # capacity/service drain/s
     kv        = kv_penalty_s x clamp((kv_usage - kv_threshold) / (1 - kv_threshold), 0, 1)
-    prefill   = prompt_tokens x prefill_per_token_ewma x (1 - overlap)
+    prefill   = (tpot_ewma + prompt_tokens x prefill_per_token_ewma x (1 - overlap))
                 x (1 + running / chunk_tokens)                   # steps shared with decodes
     ttft      = (queue + kv + prefill) x retry
 
@@ -20,6 +20,9 @@ Cloud deployment (elastic: no queue)::
 
     ttft      = ttft_ewma (cold_ttft_s until the first sample) x retry
 
+The prefill term is one engine step (about ``tpot``: even a fully cached prompt needs one
+forward pass) plus the uncached prefill, stretched by the running sequences' share of each
+step's token budget; it grows with every request dispatched, so equal engines share a burst.
 ``retry = 1 / (1 - error_rate)`` (error rate capped at 0.9): the expected number of tries.
 ``overlap`` is the expected cached share of the prompt prefix (:mod:`aigw.policies.affinity`),
 so affinity is worth exactly the prefill time it saves and yields once a queue costs more.
@@ -56,10 +59,11 @@ def predict_ttft(
             base = prefill
         local = max(base - prefill * overlap, base * 0.1)
         return local * (1.0 + load.running / load.capacity) * retry
+    tpot = state.tpot.get(tuning.tpot_s)
+    seconds = (tpot + prefill * (1.0 - overlap)) * (1.0 + load.running / tuning.chunk_tokens)
     excess = load.running + load.waiting + 1.0 - load.capacity
-    seconds = prefill * (1.0 - overlap) * (1.0 + load.running / tuning.chunk_tokens)
     if excess > 0.0:
-        service = state.output_tokens.get(tuning.output_tokens) * state.tpot.get(tuning.tpot_s)
+        service = state.output_tokens.get(tuning.output_tokens) * tpot
         seconds += excess * service / load.capacity
     kv = load.kv
     if kv is not None and kv > tuning.kv_threshold:
@@ -81,7 +85,10 @@ class TtftPredictor:
         kit = self._kit
         tuning = kit.tuning
         loads = kit.loads.loads(candidates)
-        overlaps = affinity_overlaps(candidates, ctx, kit.loads, kit.rendezvous)
+        # Only GPU deployments profit from affinity here (cloud predictions ignore overlap),
+        # so the rendezvous preference ranks those alone.
+        gpu = [i for i, d in enumerate(candidates) if not d.config.is_cloud]
+        overlaps = affinity_overlaps(candidates, ctx, kit.loads, kit.rendezvous, gpu)
         tokens = ctx.prompt_tokens
         return [
             predict_ttft(d, load, overlap, tokens, tuning)

@@ -56,6 +56,7 @@ class ThreadedServer:
             if self.server.started:
                 return self
             if not self._thread.is_alive():
+                self.sock.close()
                 raise RuntimeError("server thread died during startup")
             self._thread.join(0.01)
         raise RuntimeError("server did not start within 10 s")

@@ -34,7 +34,7 @@ def test_check_config_ok_prints_one_line_per_model() -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "ok: configs/vllm-fleet.yaml"
     assert (
-        lines[1].strip().startswith("llama-3-70b: policy round-robin, deployments: vllm-0 (openai)")
+        lines[1].strip().startswith("llama-3-70b: policy gpu-aware, deployments: vllm-0 (openai)")
     )
     assert lines[2].strip().startswith("bge-m3:")
 

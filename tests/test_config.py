@@ -35,7 +35,7 @@ def test_defaults() -> None:
     assert config.state.backend == "memory"
     assert dep.provider == "openai" and dep.api_key is None
     assert dep.timeouts.first_byte == 60.0
-    assert config.models[0].policy == "round-robin"
+    assert config.models[0].policy == "auto"
 
 
 def test_env_interpolation(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,7 +88,7 @@ def test_unknown_policy() -> None:
     raw = minimal()
     raw["models"][0]["policy"] = "fastest"
     [problem] = problems(raw)
-    assert "models[0].policy: expected one of round-robin" in problem
+    assert "models[0].policy: unknown policy 'fastest'" in problem
 
 
 def test_redis_backend_needs_url() -> None:

@@ -137,7 +137,7 @@ def _build_route(model: ModelConfig, routing: RoutingConfig, rng: random.Random)
     return ModelRoute(
         name=model.name,
         deployments=deployments,
-        policy=make_policy(model.policy, random.Random(rng.random())),
+        policy=make_policy(model.policy, model, random.Random(rng.random())),
         fallbacks=tuple(model.fallbacks),
         adapter=model.adapter,
         smallest_context_window=min(windows) if windows else None,

@@ -25,7 +25,9 @@ def gateway(
     backends: dict[str, ThreadedServer], start_gateway: Callable[..., ThreadedServer]
 ) -> ThreadedServer:
     deployments = [deployment(server.url, name) for name, server in backends.items()]
-    return start_gateway({"models": [{"name": MODEL, "deployments": deployments}]})
+    return start_gateway(
+        {"models": [{"name": MODEL, "policy": "round-robin", "deployments": deployments}]}
+    )
 
 
 @pytest.fixture

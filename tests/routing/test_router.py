@@ -41,7 +41,9 @@ def router(clock: Clock, **deployment_extra: object) -> Router:
         }
         for i, name in enumerate(["a", "b", "c"])
     ]
-    config = parse_config({"models": [{"name": "chat", "deployments": deployments}]})
+    config = parse_config(
+        {"models": [{"name": "chat", "policy": "round-robin", "deployments": deployments}]}
+    )
     return Router(config, clock, random.Random(0))
 
 

@@ -19,7 +19,10 @@ from aigw.sim.server import BackendSettings, Faults, create_app
 from tests.servers import ThreadedServer, serve_in_thread
 
 FAST = 0.01
-CHAT: dict[str, Any] = {"model": "fake-llama", "messages": [{"role": "user", "content": "Say something."}]}
+CHAT: dict[str, Any] = {
+    "model": "fake-llama",
+    "messages": [{"role": "user", "content": "Say something."}],
+}
 
 Start = Callable[..., ThreadedServer]
 

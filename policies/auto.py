@@ -1,0 +1,149 @@
+"""``auto``: the lowest predicted time to first token, with spillover to cloud deployments.
+
+Per decision: predict every candidate's TTFT (:mod:`aigw.policies.predict`; prefix affinity
+is credited there with the prefill time it saves), keep the eligible ones (spillover, below),
+score them by predicted TTFT relative to the best plus any extra weighted scorers, and pick
+(argmax by default). Loads include the gateway's own dispatches since the last scrape, so a
+burst between scrapes spreads over the fleet instead of herding onto the engine that looked
+idle, and a request never waits in one engine's queue while another has a free slot unless
+the prefix it would reuse there saves more than the wait.
+
+Spillover: when a model has GPU candidates (``not config.is_cloud``), cloud candidates are
+eligible only while *every* GPU candidate's predicted TTFT exceeds the model's
+``slo_ttft_ms`` (with ``spillover.enabled``, and only clouds whose price for this request is
+at most ``spillover.max_cost_per_mtok`` when set). When a GPU prediction drops back under the
+SLO, traffic returns to the GPUs. Without GPU candidates, clouds are always eligible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aigw.config import ModelConfig
+from aigw.policies.base import Picker, RouteContext, Scorer
+from aigw.policies.kit import ScorerKit, relative
+from aigw.policies.policy import weighted_totals
+from aigw.policies.predict import TtftPredictor
+from aigw.policies.scorers import request_price
+from aigw.policies.tuning import Tuning
+from aigw.routing.deployment import Deployment
+
+__all__ = ["AutoPolicy", "Spillover"]
+
+
+@dataclass(frozen=True, slots=True)
+class Spillover:
+    """When cloud candidates may be used beside GPU ones (from the model's config)."""
+
+    slo_s: float | None = None  # None: no SLO, clouds only when no GPU candidate is left
+    enabled: bool = True
+    max_cost_per_mtok: float | None = None
+
+    @classmethod
+    def from_model(cls, model: ModelConfig) -> Spillover:
+        slo = model.slo_ttft_ms
+        return cls(
+            slo_s=slo / 1000.0 if slo is not None else None,
+            enabled=model.spillover.enabled,
+            max_cost_per_mtok=model.spillover.max_cost_per_mtok,
+        )
+
+    def eligible(
+        self,
+        candidates: Sequence[Deployment],
+        predictions: Sequence[float],
+        ctx: RouteContext,
+        tuning: Tuning,
+    ) -> list[int] | None:
+        """Indices of the eligible candidates, or None when all of them are."""
+        gpu = [i for i, d in enumerate(candidates) if not d.config.is_cloud]
+        if not gpu or len(gpu) == len(candidates):
+            return None
+        slo = self.slo_s
+        if not self.enabled or slo is None or min(predictions[i] for i in gpu) <= slo:
+            return gpu
+        ceiling = self.max_cost_per_mtok
+        return [
+            i
+            for i, d in enumerate(candidates)
+            if not d.config.is_cloud or ceiling is None or _per_mtok(d, ctx, tuning) <= ceiling
+        ]
+
+
+def _per_mtok(deployment: Deployment, ctx: RouteContext, tuning: Tuning) -> float:
+    """The request's blended price in USD per million tokens on ``deployment``."""
+    usd, tokens = request_price(deployment, ctx, tuning)
+    return usd * 1e6 / tokens if tokens > 0 else deployment.config.cost.input_per_mtok
+
+
+class AutoPolicy:
+    """Predicted TTFT (weight ``ttft``) plus optional extra scorers, after spillover.
+
+    ``last_scores`` of each eligible candidate: its scores, ``total`` and
+    ``predicted_ttft_s``; of a cloud candidate held back by spillover:
+    ``{"predicted_ttft_s": ..., "eligible": 0.0}``.
+    """
+
+    __slots__ = (
+        "_kit",
+        "_names",
+        "_picker",
+        "_predictor",
+        "_scorers",
+        "_spillover",
+        "_ttft",
+        "_weights",
+        "name",
+    )
+
+    def __init__(
+        self,
+        kit: ScorerKit,
+        spillover: Spillover,
+        ttft_weight: float,
+        extra: Sequence[tuple[Scorer, float]],
+        picker: Picker,
+    ) -> None:
+        weights = ([ttft_weight] if ttft_weight > 0 else []) + [w for _, w in extra]
+        if not weights or any(w <= 0 for w in weights):
+            raise ValueError("auto needs at least one positive weight, and none negative")
+        total = sum(weights)
+        self.name = "auto"
+        self._kit = kit
+        self._ttft = ttft_weight > 0
+        self._spillover = spillover
+        self._predictor = TtftPredictor(kit)
+        self._scorers = tuple(s for s, _ in extra)
+        self._names = (("ttft",) if ttft_weight > 0 else ()) + tuple(s.name for s, _ in extra)
+        self._weights = tuple(w / total for w in weights)
+        self._picker = picker
+
+    def pick(self, candidates: Sequence[Deployment], request: RouteContext) -> Deployment:
+        kit = self._kit
+        kit.loads.begin()
+        try:
+            predictions = self._predictor.predict(candidates, request)
+            keep = self._spillover.eligible(candidates, predictions, request, kit.tuning)
+            chosen: Sequence[Deployment] = candidates
+            if keep is not None:
+                kept = set(keep)
+                for i, d in enumerate(candidates):
+                    if i not in kept:
+                        d.state.last_scores = {"predicted_ttft_s": predictions[i], "eligible": 0.0}
+                chosen = [candidates[i] for i in keep]
+                predictions = [predictions[i] for i in keep]
+            columns = [relative(predictions, 1e-3)] if self._ttft else []
+            columns.extend(scorer(chosen, request) for scorer in self._scorers)
+        finally:
+            kit.loads.end()
+        totals = weighted_totals(columns, self._weights)
+        names = self._names
+        for d, row, total, predicted in zip(
+            chosen, zip(*columns, strict=True), totals, predictions, strict=True
+        ):
+            scores = dict(zip(names, row, strict=True))
+            scores["total"] = total
+            scores["predicted_ttft_s"] = predicted
+            d.state.last_scores = scores
+        return self._picker(chosen, totals, request)
