@@ -60,7 +60,11 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
         contexts = ContextBuilder(counter, config.routing.prefix_block_chars)
         scrape_client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64))
         scraper = MetricsScraper(
-            router.deployments.values(), scrape_client, config.routing.scrape_interval, rng
+            router.deployments.values(),
+            scrape_client,
+            config.routing.scrape_interval,
+            rng,
+            loop.time,
         )
         scraper.start()
         app.state.aigw = AppState(

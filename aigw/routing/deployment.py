@@ -43,6 +43,7 @@ class DeploymentState:
     output_tokens: Ewma = field(default_factory=Ewma)  # completion tokens per request
     prefill_per_token: Ewma = field(default_factory=Ewma)  # TTFT / prompt tokens, unqueued
     engine: EngineSnapshot | None = None
+    completion_rate: Ewma = field(default_factory=lambda: Ewma(alpha=0.3))  # engine, requests/s
     engine_stale: bool = True  # no snapshot, or older than routing.stale_after_intervals
     dispatched: int = 0  # requests sent, ever
     prefixes: PrefixLRU = field(default_factory=lambda: PrefixLRU(16384))

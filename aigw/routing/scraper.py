@@ -9,7 +9,12 @@ understood (summed over label sets, e.g. several model_name values):
 | running | vllm:num_requests_running | same | sglang:num_running_reqs | tgi_batch_current_size |
 | KV usage | vllm:kv_cache_usage_perc | vllm:gpu_cache_usage_perc | sglang:token_usage | — |
 | prefix hits/queries | vllm:prefix_cache_hits_total / _queries_total | vllm:gpu_prefix_cache_* | — | — |
+| finished requests | vllm:request_success_total (all finished_reason) | same | — | tgi_request_success |
 | LoRA loaded | vllm:lora_requests_info (running/waiting_lora_adapters labels) | same | — | — |
+
+The finished-requests counter gives the engine's drain rate (requests/s over the last scrape
+interval, an EWMA in ``DeploymentState.completion_rate``): how fast its queue moves, whoever
+sent the work.
 
 Parsing uses prometheus_client's text parser. A vLLM /metrics page is mostly histogram
 buckets we do not need, so lines are first narrowed to the names above with one
@@ -21,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,8 +43,9 @@ _RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs", "tgi_batch_c
 _KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage")
 _HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
 _QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
+_FINISHED = ("vllm:request_success_total", "tgi_request_success")
 _LORA = "vllm:lora_requests_info"
-_WANTED = (*_WAITING, *_RUNNING, *_KV, *_HITS, *_QUERIES, _LORA)
+_WANTED = (*_WAITING, *_RUNNING, *_KV, *_HITS, *_QUERIES, *_FINISHED, _LORA)
 # A line is wanted if it starts with a wanted name followed by a label set or a value.
 _PREFIXES = tuple(f"{name}{end}" for name in _WANTED for end in ("{", " "))
 
@@ -76,6 +82,7 @@ def parse_engine_metrics(text: str, now: float, in_flight: int = 0) -> EngineSna
         prefix_hit_rate=hits / queries if hits is not None and queries else None,
         adapters=frozenset(adapters),
         in_flight_at_scrape=in_flight,
+        finished_total=_first(sums, _FINISHED),
     )
 
 
@@ -95,8 +102,10 @@ class MetricsScraper:
         client: httpx.AsyncClient,
         interval: float,
         rng: random.Random,
+        clock: Callable[[], float],
     ) -> None:
         self._targets = [d for d in deployments if d.config.metrics_url]
+        self._clock = clock
         self._client = client
         self._interval = interval
         self._rng = rng
@@ -117,17 +126,27 @@ class MetricsScraper:
         """One scrape; True if it produced a fresh snapshot."""
         url = deployment.config.metrics_url
         assert url is not None
-        loop = asyncio.get_running_loop()
         try:
             response = await self._client.get(url, timeout=max(1.0, 2 * self._interval))
             response.raise_for_status()
             snapshot = parse_engine_metrics(
-                response.text, loop.time(), in_flight=deployment.state.in_flight
+                response.text, self._clock(), in_flight=deployment.state.in_flight
             )
         except (httpx.HTTPError, ValueError) as exc:
             log.debug("scraping %s failed: %s", deployment.id, exc)
             return False
-        deployment.state.engine = snapshot
+        state = deployment.state
+        previous = state.engine
+        if (
+            previous is not None
+            and previous.finished_total is not None
+            and snapshot.finished_total is not None
+            and snapshot.finished_total >= previous.finished_total  # not a restarted engine
+            and snapshot.scraped_at > previous.scraped_at
+        ):
+            finished = snapshot.finished_total - previous.finished_total
+            state.completion_rate.add(finished / (snapshot.scraped_at - previous.scraped_at))
+        state.engine = snapshot
         return True
 
     async def _loop(self, deployment: Deployment) -> None:

@@ -63,7 +63,8 @@ class EngineSnapshot:
 
     ``waiting``/``running`` are request counts; ``kv_usage`` is the KV-cache fill in [0, 1];
     ``prefix_hit_rate`` is hits/queries over the engine's lifetime (None when not exported);
-    ``adapters`` are the LoRA adapters the engine reports as loaded.
+    ``adapters`` are the LoRA adapters the engine reports as loaded; ``finished_total`` is
+    its lifetime count of finished requests, from which the scraper derives a drain rate.
     ``in_flight_at_scrape`` is the gateway's own in-flight count to that deployment when the
     scrape was taken, so the load can be adjusted by what the gateway sent since.
     """
@@ -75,3 +76,4 @@ class EngineSnapshot:
     prefix_hit_rate: float | None = None
     adapters: frozenset[str] = frozenset()
     in_flight_at_scrape: int = 0
+    finished_total: float | None = None  # requests the engine ever finished (any reason)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -32,19 +33,27 @@ def wait_until(predicate: Callable[[], bool], deadline: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-async def overload_directly(backend: ThreadedServer, count: int) -> list[asyncio.Task[Any]]:
-    """Load the gateway did not send: long generations straight to the engine."""
-    client = httpx.AsyncClient(timeout=60)
+@asynccontextmanager
+async def outside_load(backend: ThreadedServer, count: int) -> AsyncIterator[None]:
+    """Load the gateway did not send: long generations straight to the engine, cancelled
+    (client disconnect, so the engine aborts them) when the block ends."""
     body = {"model": "x", "messages": HELLO, "max_tokens": 4000, "ignore_eos": True, "stream": True}
+    async with httpx.AsyncClient(timeout=60) as client:
 
-    async def one() -> None:
-        async with client.stream(
-            "POST", f"{backend.url}/v1/chat/completions", json=body
-        ) as response:
-            async for _ in response.aiter_bytes():
-                pass
+        async def one() -> None:
+            async with client.stream(
+                "POST", f"{backend.url}/v1/chat/completions", json=body
+            ) as response:
+                async for _ in response.aiter_bytes():
+                    pass
 
-    return [asyncio.create_task(one()) for _ in range(count)]
+        tasks = [asyncio.create_task(one()) for _ in range(count)]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @pytest.mark.parametrize("policy", ["round-robin", "gpu-aware"])
@@ -64,8 +73,7 @@ async def test_engine_overloaded_by_outside_load_gets_less_traffic(
             "routing": {"scrape_interval": 0.1},
         }
     )
-    outside = await overload_directly(busy, 8)
-    try:
+    async with outside_load(busy, 8):
         # Wait until the gateway has scraped the busy engine's queue.
         def queue_seen() -> bool:
             data = httpx.get(f"{gateway.url}/admin/deployments").json()["data"]
@@ -90,10 +98,6 @@ async def test_engine_overloaded_by_outside_load_gets_less_traffic(
             assert to_busy == 10  # blind to the engine's own queue
         else:
             assert to_busy <= 2
-    finally:
-        for task in outside:
-            task.cancel()
-        await asyncio.gather(*outside, return_exceptions=True)
 
 
 def test_admin_shows_signals_and_drains(start_backend: Start, start_gateway: Start) -> None:
@@ -136,3 +140,52 @@ def test_admin_shows_signals_and_drains(start_backend: Start, start_gateway: Sta
     }
     assert served == {"a", "b"}
     assert httpx.post(f"{admin}/nope/drain", headers=auth).status_code == 404
+
+
+async def test_auto_spills_to_cloud_when_gpu_pool_saturates_and_comes_back(
+    start_backend: Start, start_gateway: Start
+) -> None:
+    gpu = start_backend(time_scale=1.0, max_num_seqs=2, seed=1)
+    cloud = start_backend(seed=2)  # stands in for a provider API: no metrics, billed per token
+    gateway = start_gateway(
+        {
+            "models": [
+                {
+                    "name": MODEL,
+                    "policy": "auto",
+                    "slo_ttft_ms": 1000,
+                    "deployments": [
+                        deployment(gpu.url, "gpu", metrics_url=f"{gpu.url}/metrics"),
+                        deployment(
+                            cloud.url,
+                            "cloud",
+                            kind="cloud",
+                            cost={"input_per_mtok": 1, "output_per_mtok": 4},
+                        ),
+                    ],
+                }
+            ],
+            "routing": {"scrape_interval": 0.1},
+        }
+    )
+
+    def served_by() -> str:
+        reply = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": MODEL, "messages": HELLO, "max_tokens": 2, "stream": True},
+            timeout=30,
+        )
+        return reply.headers["x-aigw-deployment"]
+
+    def engine_waiting() -> float:
+        engine = httpx.get(f"{gateway.url}/admin/deployments").json()["data"][0]["engine"]
+        return -1.0 if engine is None else float(engine["waiting"])
+
+    await asyncio.to_thread(wait_until, lambda: engine_waiting() == 0)
+    assert {await asyncio.to_thread(served_by) for _ in range(3)} == {"gpu"}  # within SLO: no spill
+    async with outside_load(gpu, 12):
+        await asyncio.to_thread(wait_until, lambda: engine_waiting() >= 8)
+        assert {await asyncio.to_thread(served_by) for _ in range(3)} == {"cloud"}
+    # The outside load is gone (its clients disconnected): once scraped, back to the GPU.
+    await asyncio.to_thread(wait_until, lambda: engine_waiting() == 0)
+    assert await asyncio.to_thread(served_by) == "gpu"

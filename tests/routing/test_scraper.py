@@ -105,7 +105,9 @@ async def test_scrape_once_stores_a_snapshot_and_survives_failures() -> None:
         return_value=httpx.Response(200, text=VLLM_V1)
     )
     async with httpx.AsyncClient() as client:
-        scraper = MetricsScraper(router.deployments.values(), client, 1.0, random.Random(0))
+        scraper = MetricsScraper(
+            router.deployments.values(), client, 1.0, random.Random(0), lambda: 0.0
+        )
         assert await scraper.scrape_once(gpu)
         assert gpu.state.engine is not None and gpu.state.engine.waiting == 4.0
         assert gpu.state.engine.in_flight_at_scrape == 2
@@ -119,5 +121,31 @@ async def test_scrape_once_stores_a_snapshot_and_survives_failures() -> None:
 async def test_only_deployments_with_metrics_url_are_scraped() -> None:
     router = make_router()
     async with httpx.AsyncClient() as client:
-        scraper = MetricsScraper(router.deployments.values(), client, 1.0, random.Random(0))
+        scraper = MetricsScraper(
+            router.deployments.values(), client, 1.0, random.Random(0), lambda: 0.0
+        )
         assert [d.id for d in scraper._targets] == ["gpu"]
+
+
+@respx.mock
+async def test_engine_drain_rate_from_finished_counter() -> None:
+    router = make_router()
+    gpu = router.deployments["gpu"]
+    clock = iter([10.0, 12.0, 13.0])
+    pages = iter(
+        f'vllm:num_requests_waiting{{model_name="m"}} 1\n'
+        f'vllm:request_success_total{{finished_reason="stop",model_name="m"}} {stop}\n'
+        f'vllm:request_success_total{{finished_reason="length",model_name="m"}} {length}\n'
+        for stop, length in [(10, 0), (14, 6), (0, 1)]  # the third: a restarted engine
+    )
+    respx.get("http://engine.test/metrics").mock(
+        side_effect=lambda _: httpx.Response(200, text=next(pages))
+    )
+    async with httpx.AsyncClient() as client:
+        scraper = MetricsScraper(
+            router.deployments.values(), client, 1.0, random.Random(0), lambda: next(clock)
+        )
+        for _ in range(3):
+            await scraper.scrape_once(gpu)
+    assert gpu.state.completion_rate.value == pytest.approx(5.0)  # 10 finished in 2 s
+    assert gpu.state.completion_rate.count == 1  # the counter reset was not a sample
