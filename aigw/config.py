@@ -157,7 +157,12 @@ class ModelConfig(_Strict):
 
 class AuthConfig(_Strict):
     keys: list[dict[str, Any]] = Field(default_factory=list)
-    admin_key: SecretStr | None = None
+    admin_key: SecretStr | None = None  # an empty value (e.g. ${AIGW_ADMIN_KEY:-}) means none
+
+    @field_validator("admin_key")
+    @classmethod
+    def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
 
 
 class TokensConfig(_Strict):
