@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from aigw.config import ModelConfig
 from aigw.policies.base import Picker, RouteContext, Scorer
 from aigw.policies.kit import ScorerKit, relative
-from aigw.policies.policy import weighted_totals
+from aigw.policies.policy import record_scores, row_maker, weighted_totals
 from aigw.policies.predict import TtftPredictor
 from aigw.policies.scorers import request_price
 from aigw.policies.tuning import Tuning
@@ -52,12 +52,16 @@ class Spillover:
     def eligible(
         self,
         candidates: Sequence[Deployment],
+        clouds: Sequence[bool],
         predictions: Sequence[float],
         ctx: RouteContext,
         tuning: Tuning,
     ) -> list[int] | None:
-        """Indices of the eligible candidates, or None when all of them are."""
-        gpu = [i for i, d in enumerate(candidates) if not d.config.is_cloud]
+        """Indices of the eligible candidates, or None when all of them are.
+
+        ``clouds[i]`` is ``candidates[i].config.is_cloud``; ``predictions[i]`` its TTFT (s).
+        """
+        gpu = [i for i, cloud in enumerate(clouds) if not cloud]
         if not gpu or len(gpu) == len(candidates):
             return None
         slo = self.slo_s
@@ -66,8 +70,8 @@ class Spillover:
         ceiling = self.max_cost_per_mtok
         return [
             i
-            for i, d in enumerate(candidates)
-            if not d.config.is_cloud or ceiling is None or _per_mtok(d, ctx, tuning) <= ceiling
+            for i, (d, cloud) in enumerate(zip(candidates, clouds, strict=True))
+            if not cloud or ceiling is None or _per_mtok(d, ctx, tuning) <= ceiling
         ]
 
 
@@ -87,7 +91,7 @@ class AutoPolicy:
 
     __slots__ = (
         "_kit",
-        "_names",
+        "_make_row",
         "_picker",
         "_predictor",
         "_scorers",
@@ -115,7 +119,8 @@ class AutoPolicy:
         self._spillover = spillover
         self._predictor = TtftPredictor(kit)
         self._scorers = tuple(s for s, _ in extra)
-        self._names = (("ttft",) if ttft_weight > 0 else ()) + tuple(s.name for s, _ in extra)
+        names = (("ttft",) if ttft_weight > 0 else ()) + tuple(s.name for s, _ in extra)
+        self._make_row = row_maker((*names, "total", "predicted_ttft_s"))
         self._weights = tuple(w / total for w in weights)
         self._picker = picker
 
@@ -123,8 +128,9 @@ class AutoPolicy:
         kit = self._kit
         kit.loads.begin()
         try:
-            predictions = self._predictor.predict(candidates, request)
-            keep = self._spillover.eligible(candidates, predictions, request, kit.tuning)
+            clouds = [d.config.is_cloud for d in candidates]
+            predictions = self._predictor.predict(candidates, request, clouds)
+            keep = self._spillover.eligible(candidates, clouds, predictions, request, kit.tuning)
             chosen: Sequence[Deployment] = candidates
             if keep is not None:
                 kept = set(keep)
@@ -138,12 +144,5 @@ class AutoPolicy:
         finally:
             kit.loads.end()
         totals = weighted_totals(columns, self._weights)
-        names = self._names
-        for d, row, total, predicted in zip(
-            chosen, zip(*columns, strict=True), totals, predictions, strict=True
-        ):
-            scores = dict(zip(names, row, strict=True))
-            scores["total"] = total
-            scores["predicted_ttft_s"] = predicted
-            d.state.last_scores = scores
+        record_scores(chosen, self._make_row, (*columns, totals, predictions))
         return self._picker(chosen, totals, request)

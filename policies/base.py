@@ -36,9 +36,14 @@ class RouteContext:
 
 
 class Filter(Protocol):
-    """Keep the candidates that can serve the request. ``reason`` explains an empty result."""
+    """Keep the candidates that can serve the request. ``reason`` explains an empty result.
+
+    ``client_fault``: an empty result is the request's doing (400, e.g. a prompt too long for
+    every context window) rather than the fleet's state (503, e.g. every deployment draining).
+    """
 
     name: str
+    client_fault: bool
 
     def __call__(self, candidates: Sequence[Deployment], ctx: RouteContext) -> list[Deployment]: ...
 

@@ -31,6 +31,7 @@ class ContextWindowFilter:
 
     __slots__ = ()
     name = "context_window"
+    client_fault = True
 
     def __call__(self, candidates: Sequence[Deployment], ctx: RouteContext) -> list[Deployment]:
         needed = ctx.prompt_tokens + (ctx.max_tokens or 0)
@@ -56,6 +57,7 @@ class AdapterFilter:
 
     __slots__ = ()
     name = "adapter"
+    client_fault = True
 
     def __call__(self, candidates: Sequence[Deployment], ctx: RouteContext) -> list[Deployment]:
         adapter = ctx.adapter
@@ -83,6 +85,7 @@ class RegionFilter:
 
     __slots__ = ()
     name = "region"
+    client_fault = True
 
     def __call__(self, candidates: Sequence[Deployment], ctx: RouteContext) -> list[Deployment]:
         region = ctx.region
@@ -100,6 +103,7 @@ class TagsFilter:
 
     __slots__ = ()
     name = "tags"
+    client_fault = True
 
     def __call__(self, candidates: Sequence[Deployment], ctx: RouteContext) -> list[Deployment]:
         tags = ctx.tags
@@ -117,6 +121,7 @@ class NotDrainingFilter:
 
     __slots__ = ()
     name = "draining"
+    client_fault = False
 
     def __call__(self, candidates: Sequence[Deployment], ctx: RouteContext) -> list[Deployment]:
         return [d for d in candidates if not d.state.draining]

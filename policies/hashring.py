@@ -18,7 +18,7 @@ import random
 from bisect import bisect_left
 from collections.abc import Sequence
 
-from aigw.policies.affinity import bounded_capacity, stable_hash64
+from aigw.policies.affinity import bounded_capacity, mix64, stable_hash64
 from aigw.policies.base import RouteContext
 from aigw.policies.tuning import Tuning
 from aigw.routing.deployment import Deployment
@@ -31,10 +31,7 @@ _MAX_RINGS = 32
 
 
 def _point(seed: int, index: int) -> int:
-    x = (seed + (index + 1) * _GOLDEN) & _MASK
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-    return x ^ (x >> 31)
+    return mix64((seed + (index + 1) * _GOLDEN) & _MASK)
 
 
 class HashRing:

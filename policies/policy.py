@@ -7,13 +7,13 @@ synchronous; the only thing they write is ``state.last_scores`` of each scored c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aigw.policies.base import Picker, RouteContext, Scorer
 from aigw.policies.load import LoadEstimator
 from aigw.routing.deployment import Deployment
 
-__all__ = ["PickerPolicy", "ScoredPolicy", "record_scores", "weighted_totals"]
+__all__ = ["PickerPolicy", "ScoredPolicy", "record_scores", "row_maker", "weighted_totals"]
 
 
 def weighted_totals(columns: Sequence[Sequence[float]], weights: Sequence[float]) -> list[float]:
@@ -21,23 +21,43 @@ def weighted_totals(columns: Sequence[Sequence[float]], weights: Sequence[float]
     in [0, 1] like the scores."""
     if len(columns) == 1:
         weight = weights[0]
-        return [weight * v for v in columns[0]]
+        return list(columns[0]) if weight == 1.0 else [weight * v for v in columns[0]]
     totals = [0.0] * len(columns[0])
     for column, weight in zip(columns, weights, strict=True):
         totals = [t + weight * v for t, v in zip(totals, column, strict=True)]
     return totals
 
 
+RowMaker = Callable[..., dict[str, float]]
+
+
+def row_maker(keys: Sequence[str]) -> RowMaker:
+    """A function of len(keys) floats returning ``{key: value}``, built once per policy.
+
+    ``last_scores`` is written for every candidate of every decision; a dict display with
+    fixed keys costs a quarter of ``dict(zip(keys, row))``, so common sizes get one.
+    """
+    match tuple(keys):
+        case (k0, k1):
+            return lambda a, b: {k0: a, k1: b}
+        case (k0, k1, k2):
+            return lambda a, b, c: {k0: a, k1: b, k2: c}
+        case (k0, k1, k2, k3):
+            return lambda a, b, c, d: {k0: a, k1: b, k2: c, k3: d}
+        case (k0, k1, k2, k3, k4):
+            return lambda a, b, c, d, e: {k0: a, k1: b, k2: c, k3: d, k4: e}
+        case (k0, k1, k2, k3, k4, k5):
+            return lambda a, b, c, d, e, f: {k0: a, k1: b, k2: c, k3: d, k4: e, k5: f}
+    frozen = tuple(keys)
+    return lambda *row: dict(zip(frozen, row, strict=True))
+
+
 def record_scores(
-    candidates: Sequence[Deployment],
-    names: Sequence[str],
-    columns: Sequence[Sequence[float]],
-    totals: Sequence[float],
+    candidates: Sequence[Deployment], make_row: RowMaker, columns: Sequence[Sequence[float]]
 ) -> None:
-    """Write each candidate's ``last_scores`` (a fresh dict: readers may keep the old one)."""
-    for d, row, total in zip(candidates, zip(*columns, strict=True), totals, strict=True):
-        scores = dict(zip(names, row, strict=True))
-        scores["total"] = total
+    """Set each candidate's ``last_scores`` to a fresh dict of its values in ``columns``
+    (fresh: a reader may keep the previous one)."""
+    for d, scores in zip(candidates, map(make_row, *columns), strict=True):
         d.state.last_scores = scores
 
 
@@ -62,7 +82,7 @@ class ScoredPolicy:
     that the load of every candidate is estimated once per decision.
     """
 
-    __slots__ = ("_loads", "_names", "_picker", "_scorers", "_weights", "name")
+    __slots__ = ("_loads", "_make_row", "_names", "_picker", "_scorers", "_weights", "name")
 
     def __init__(
         self,
@@ -80,6 +100,7 @@ class ScoredPolicy:
         self._weights = tuple(w / total for _, w in scorers)
         self._picker = picker
         self._loads = loads
+        self._make_row = row_maker((*self._names, "total"))
 
     @property
     def weights(self) -> dict[str, float]:
@@ -94,5 +115,5 @@ class ScoredPolicy:
         finally:
             loads.end()
         totals = weighted_totals(columns, self._weights)
-        record_scores(candidates, self._names, columns, totals)
+        record_scores(candidates, self._make_row, (*columns, totals))
         return self._picker(candidates, totals, request)

@@ -3,9 +3,14 @@
 GPU deployment with fresh engine metrics (load from :func:`aigw.policies.load.estimate_load`,
 i.e. running + waiting from the scrape plus the gateway's dispatches since it)::
 
-    service   = output_tokens_ewma x tpot_ewma                   # one request's decode time
+    service   = tpot_ewma x mean output tokens of the requests ahead: the output_tokens
+                EWMA for the gateway's own in-flight ones, output_tokens (256) for others
     excess    = running + waiting + 1 - capacity                 # our place beyond the batch
-    queue     = excess x service / capacity   if excess > 0      # capacity/service drain/s
+    drain     = completion_rate_ewma      if the scrape showed a queue and the rate is known
+                (measured from the engine's finished-requests counter: saturated, so what
+                it finishes is what it drains, whoever sent the work; floor 0.01/s)
+              = capacity / service        otherwise
+    queue     = excess / drain            if excess > 0
     kv        = kv_penalty_s x clamp((kv_usage - kv_threshold) / (1 - kv_threshold), 0, 1)
     prefill   = (tpot_ewma + prompt_tokens x prefill_per_token_ewma x (1 - overlap))
                 x (1 + running / chunk_tokens)                   # steps shared with decodes
@@ -42,15 +47,26 @@ from aigw.routing.deployment import Deployment
 
 __all__ = ["TtftPredictor", "TtftScorer", "predict_ttft"]
 
+_MIN_RATE = 0.01  # requests/s: an engine that finished nothing still gets a finite wait
+
 
 def predict_ttft(
-    deployment: Deployment, load: Load, overlap: float, prompt_tokens: int, tuning: Tuning
+    deployment: Deployment,
+    load: Load,
+    overlap: float,
+    prompt_tokens: int,
+    tuning: Tuning,
+    cloud: bool,
 ) -> float:
-    """Predicted TTFT in seconds of one request on one deployment (formula: module doc)."""
+    """Predicted TTFT in seconds of one request on one deployment (formula: module doc).
+
+    ``cloud`` is ``deployment.config.is_cloud``, passed in because the caller needs it too
+    and a pydantic property costs as much as the rest of this arithmetic.
+    """
     state = deployment.state
     error_rate = state.errors.value
     retry = 1.0 / (1.0 - min(error_rate, 0.9)) if error_rate else 1.0
-    if deployment.config.is_cloud:
+    if cloud:
         return state.ttft.get(tuning.cold_ttft_s) * retry
     prefill = prompt_tokens * state.prefill_per_token.get(tuning.prefill_s_per_token)
     if not load.fresh:
@@ -61,15 +77,33 @@ def predict_ttft(
         return local * (1.0 + load.running / load.capacity) * retry
     tpot = state.tpot.get(tuning.tpot_s)
     seconds = (tpot + prefill * (1.0 - overlap)) * (1.0 + load.running / tuning.chunk_tokens)
-    excess = load.running + load.waiting + 1.0 - load.capacity
-    if excess > 0.0:
-        service = state.output_tokens.get(tuning.output_tokens) * tpot
-        seconds += excess * service / load.capacity
+    ahead = load.running + load.waiting
+    excess = ahead + 1.0 - load.capacity
+    if excess > 0.0:  # then ahead > 0
+        seconds += excess / _drain_rate(deployment, load, ahead, tpot, tuning)
     kv = load.kv
     if kv is not None and kv > tuning.kv_threshold:
         pressure = (kv - tuning.kv_threshold) / (1.0 - tuning.kv_threshold)
         seconds += tuning.kv_penalty_s * min(1.0, pressure)
     return seconds * retry
+
+
+def _drain_rate(
+    deployment: Deployment, load: Load, ahead: float, tpot: float, tuning: Tuning
+) -> float:
+    """Requests per second the engine's queue moves (> 0); see the module doc."""
+    state = deployment.state
+    measured = state.completion_rate.value
+    engine = state.engine
+    if measured is not None and engine is not None and engine.waiting > 0.0:
+        # Saturated at the scrape: what it finished is what it drains, whoever sent the work.
+        return max(measured, _MIN_RATE)
+    # The gateway knows the typical length of its own requests only; the others (other
+    # clients, other replicas) are assumed to be of the cold-default length.
+    own = min(float(state.in_flight), ahead)
+    tokens = state.output_tokens.get(tuning.output_tokens) * own
+    tokens += tuning.output_tokens * (ahead - own)
+    return load.capacity / (tokens / ahead * tpot)
 
 
 class TtftPredictor:
@@ -81,18 +115,26 @@ class TtftPredictor:
     def __init__(self, kit: ScorerKit) -> None:
         self._kit = kit
 
-    def predict(self, candidates: Sequence[Deployment], ctx: RouteContext) -> list[float]:
+    def predict(
+        self,
+        candidates: Sequence[Deployment],
+        ctx: RouteContext,
+        clouds: Sequence[bool] | None = None,
+    ) -> list[float]:
+        """Seconds per candidate; ``clouds`` (``is_cloud`` per candidate) if already known."""
         kit = self._kit
         tuning = kit.tuning
+        if clouds is None:
+            clouds = [d.config.is_cloud for d in candidates]
         loads = kit.loads.loads(candidates)
         # Only GPU deployments profit from affinity here (cloud predictions ignore overlap),
         # so the rendezvous preference ranks those alone.
-        gpu = [i for i, d in enumerate(candidates) if not d.config.is_cloud]
+        gpu = [i for i, cloud in enumerate(clouds) if not cloud]
         overlaps = affinity_overlaps(candidates, ctx, kit.loads, kit.rendezvous, gpu)
         tokens = ctx.prompt_tokens
         return [
-            predict_ttft(d, load, overlap, tokens, tuning)
-            for d, load, overlap in zip(candidates, loads, overlaps, strict=True)
+            predict_ttft(d, load, overlap, tokens, tuning, cloud)
+            for d, load, overlap, cloud in zip(candidates, loads, overlaps, clouds, strict=True)
         ]
 
 

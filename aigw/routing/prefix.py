@@ -12,7 +12,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 
-__all__ = ["PrefixLRU", "prefix_blocks", "rendezvous_rank"]
+__all__ = ["PrefixLRU", "prefix_blocks"]
 
 
 def prefix_blocks(text: str, block_chars: int, max_blocks: int = 64) -> tuple[int, ...]:
@@ -62,19 +62,3 @@ class PrefixLRU:
             else:
                 high = middle - 1
         return low
-
-
-def rendezvous_rank(key: int, ids: Sequence[str]) -> list[int]:
-    """Indices of ``ids`` from most to least preferred for ``key`` (highest random weight).
-
-    Every replica ranks the same way without shared state, and removing one id only moves
-    the keys that preferred it.
-    """
-    weights = [
-        int.from_bytes(
-            hashlib.blake2b(key.to_bytes(8, "little"), digest_size=8, key=i.encode()).digest(),
-            "little",
-        )
-        for i in ids
-    ]
-    return sorted(range(len(ids)), key=weights.__getitem__, reverse=True)

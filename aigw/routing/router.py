@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from aigw.config import GatewayConfig, ModelConfig, RoutingConfig
-from aigw.errors import InvalidRequestError
+from aigw.errors import InvalidRequestError, ServiceUnavailableError
 from aigw.policies import Policy, RouteContext, make_policy
 from aigw.policies.base import Filter
 from aigw.providers import Endpoint, make_provider
@@ -70,9 +70,9 @@ class Router:
         """A deployment of ``route`` not yet ``tried`` for this request, or None.
 
         Candidates: the provider serves the endpoint and the deployment is below its
-        ``max_concurrency``; then every model-aware filter (a filter that leaves nothing raises
-        InvalidRequestError with its reason, when nothing was tried yet: the request cannot be
-        served by this model at all). Ejected deployments are left out unless every remaining
+        ``max_concurrency``; then every model-aware filter (a filter that leaves nothing, when
+        nothing was tried yet, raises with its reason: 400 if that is the request's fault,
+        503 if it is the fleet's). Ejected deployments are left out unless every remaining
         candidate is ejected (Envoy's "panic" mode: better to try a maybe-recovered upstream
         than to fail without trying).
         """
@@ -87,7 +87,8 @@ class Router:
                 break
             kept = keep(candidates, ctx)
             if not kept and not tried:
-                raise InvalidRequestError(keep.reason(ctx), code=f"no_deployment_{keep.name}")
+                error = InvalidRequestError if keep.client_fault else ServiceUnavailableError
+                raise error(keep.reason(ctx), code=f"no_deployment_{keep.name}")
             candidates = kept
         if not candidates:
             return None

@@ -9,7 +9,7 @@ because every output token is one SSE event through the gateway and this process
 Token accounting on the SSE stream (vLLM's shape, relayed by the gateway): the first event of a
 choice is a role-only delta (the simulator sends it before prefill, so it says nothing about
 TTFT), then one ``data: {...}`` event per token, then ``data: [DONE]``. So output tokens =
-``data: {`` events − 1, the first token arrives with the second such event, and TTFT and time
+``data: {`` events - 1, the first token arrives with the second such event, and TTFT and time
 per output token are measured here, on the client side, from those arrival times.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import httptools
 
@@ -86,15 +87,18 @@ class _Connection(asyncio.Protocol):
         self._current: Outcome | None = None
         self._body_head = b""  # start of a non-200 body, for the error message
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
         self.closed = False
 
     # -- driving ----------------------------------------------------------------------------
 
-    def send(self, outcome: Outcome, payload: bytes, deadline: float) -> None:
+    def send(self, outcome: Outcome, payload: bytes, deadlines: tuple[float, float]) -> None:
+        """Send one request; ``deadlines`` = (first token, whole response), loop time."""
         assert self._transport is not None and self._current is None
         self._current = outcome
         self._body_head = b""
-        self._timer = self._client.loop.call_at(deadline, self._timeout)
+        self._deadline = deadlines[1]
+        self._timer = self._client.loop.call_at(min(deadlines), self._timeout)
         self._transport.write(payload)
 
     def _finish(self, error: str | None, reusable: bool = False) -> None:
@@ -111,7 +115,18 @@ class _Connection(asyncio.Protocol):
 
     def _timeout(self) -> None:
         self._timer = None
-        self._finish("timeout")
+        outcome = self._current
+        if outcome is None:
+            return
+        if outcome.first_token_at is not None and self._client.loop.time() < self._deadline:
+            self._timer = self._client.loop.call_at(self._deadline, self._timeout)
+            return
+        self._finish("timeout" if outcome.first_token_at is not None else "first-token timeout")
+        self._close()
+
+    def cut(self) -> None:
+        """End the run: whatever is in flight ends with error ``"cut"``; the socket closes."""
+        self._finish("cut")
         self._close()
 
     def _close(self) -> None:
@@ -122,8 +137,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -160,6 +175,7 @@ class _Connection(asyncio.Protocol):
             if _ERROR in body:
                 outcome.error = "stream error"
             now = self._client.loop.time()
+            self._client.tokens += count - (outcome.events == 0)  # not the role chunk
             outcome.events += count
             if outcome.events >= 2:
                 if outcome.first_token_at is None:
@@ -195,11 +211,14 @@ class StreamClient:
         self._all: set[_Connection] = set()
         self._connecting: set[asyncio.Task[None]] = set()
         self.in_flight = 0
+        self.tokens = 0  # output tokens received so far, all requests
 
-    def start(self, index: int, body: bytes, timeout: float) -> Outcome:
+    def start(self, index: int, body: bytes, first_token_timeout: float, timeout: float) -> Outcome:
+        """Send ``body`` now; give up without a first token after ``first_token_timeout``
+        seconds, or after ``timeout`` seconds in all."""
         outcome = Outcome(index, self.loop.time())
         payload = self.target.head(len(body)) + body
-        deadline = outcome.sent_at + timeout
+        deadline = (outcome.sent_at + first_token_timeout, outcome.sent_at + timeout)
         self.in_flight += 1
         while self._idle:
             connection = self._idle.pop()
@@ -211,13 +230,16 @@ class StreamClient:
         task.add_done_callback(self._connecting.discard)
         return outcome
 
-    async def _connect_and_send(self, outcome: Outcome, payload: bytes, deadline: float) -> None:
+    async def _connect_and_send(
+        self, outcome: Outcome, payload: bytes, deadline: tuple[float, float]
+    ) -> None:
         try:
             _, connection = await self.loop.create_connection(
                 lambda: _Connection(self), self.target.host, self.target.port
             )
-        except OSError as exc:
-            outcome.error = f"connect: {exc}"
+        except (OSError, asyncio.CancelledError) as exc:
+            cut = isinstance(exc, asyncio.CancelledError)
+            outcome.error = "cut" if cut else f"connect: {exc}"
             outcome.done_at = self.loop.time()
             self.in_flight -= 1
             self._on_done(outcome)
@@ -236,9 +258,10 @@ class StreamClient:
         self._all.discard(connection)
 
     def close(self) -> None:
+        """Cut every request in flight (``on_done`` sees error ``"cut"``) and close sockets."""
         for task in list(self._connecting):
             task.cancel()
         for connection in list(self._all):
-            connection._close()
+            connection.cut()
         self._idle.clear()
         self._all.clear()

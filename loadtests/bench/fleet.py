@@ -105,13 +105,15 @@ class Fleet:
         )
         await asyncio.gather(*(client.post(f"{b.url}/sim/reset") for b in self.backends))
 
-    async def set_slowdown(self, client: httpx.AsyncClient, backend: Backend, factor: float) -> None:
+    async def set_slowdown(
+        self, client: httpx.AsyncClient, backend: Backend, factor: float
+    ) -> None:
         reply = await client.post(f"{backend.url}/sim/faults", json={"slowdown": factor})
         reply.raise_for_status()
 
-    async def wait_idle(self, client: httpx.AsyncClient, timeout: float) -> bool:
-        """Wait until no backend runs or queues anything; False on timeout."""
-        deadline = time.monotonic() + timeout
+    async def wait_idle(self, client: httpx.AsyncClient, limit_s: float) -> bool:
+        """Wait until no backend runs or queues anything; False after ``limit_s`` seconds."""
+        deadline = time.monotonic() + limit_s
         while True:
             stats = await self.stats(client)
             if all(s["running"] == 0 and s["waiting"] == 0 for s in stats.values()):

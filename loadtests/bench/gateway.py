@@ -8,6 +8,7 @@ dynamics, relative to the simulated GPUs, as it would at ``time_scale`` 1.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -21,9 +22,20 @@ import yaml
 from .fleet import UPSTREAM_MODEL, Backend
 from .procs import ChildProcesses, cpu_seconds
 
-__all__ = ["MODEL", "GatewayHandle", "GatewayTiming", "gateway_config", "start_gateway"]
+__all__ = [
+    "MODEL",
+    "GatewayHandle",
+    "GatewayStartError",
+    "GatewayTiming",
+    "gateway_config",
+    "start_gateway",
+]
 
 MODEL = "bench-llama"
+
+
+class GatewayStartError(RuntimeError):
+    """The gateway exited or did not become ready (its log names the reason)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +51,7 @@ class GatewayTiming:
 
 
 def gateway_config(
-    policy: str,
+    policy: str | dict[str, Any],
     backends: Sequence[Backend],
     port: int,
     time_scale: float,
@@ -83,10 +95,24 @@ class GatewayHandle:
     policy: str
     url: str
     port: int
-    pid: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
+
+    def wait_scraped(self, timeout: float) -> bool:
+        """Wait until the gateway holds an engine snapshot of every deployment."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = httpx.get(f"{self.url}/admin/deployments", timeout=2.0).json()["data"]
+            if all(d["engine"] is not None for d in data):
+                return True
+            time.sleep(0.02)
+        return False
 
 
 def _free_port() -> int:
@@ -102,28 +128,33 @@ def start_gateway(
     children: ChildProcesses,
     workdir: Path,
     policy: str,
+    policy_value: str | dict[str, Any],
     backends: Sequence[Backend],
     time_scale: float,
     timing: GatewayTiming,
     timeout: float = 30.0,
 ) -> GatewayHandle:
-    """Start ``aigw serve`` for ``policy`` and wait until ``/readyz`` answers 200."""
+    """Start ``aigw serve`` for ``policy`` (its config value: ``policy_value``) and wait
+    until ``/readyz`` answers 200."""
     port = _free_port()
-    config = gateway_config(policy, backends, port, time_scale, timing)
+    config = gateway_config(policy_value, backends, port, time_scale, timing)
     path = workdir / f"gateway-{policy}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     argv = [sys.executable, "-m", "aigw", "--log-level", "warning", "serve", "--config", str(path)]
-    child = children.start(argv, workdir / f"gateway-{policy}.log")
+    log = workdir / f"gateway-{policy}.log"
+    child = children.start(argv, log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while True:
         if child.poll() is not None:
-            raise RuntimeError(f"the gateway exited (status {child.returncode}); see its log")
+            children.stop(child)
+            raise GatewayStartError(f"the gateway exited with status {child.returncode}; see {log}")
         try:
             if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return GatewayHandle(policy, url, port, child.pid)
+                return GatewayHandle(policy, url, port, child)
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the gateway did not become ready within {timeout} s")
+            children.stop(child)
+            raise GatewayStartError(f"the gateway was not ready within {timeout} s; see {log}")
         time.sleep(0.05)

@@ -48,6 +48,9 @@ class ChildProcesses:
     def start(self, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         """Start ``argv`` from the repository root; stdout+stderr go to ``log_path``."""
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        offline = ROOT.parent / "shared" / "tiktoken"  # as ./dev does: no downloads offline
+        if "TIKTOKEN_CACHE_DIR" not in env and offline.is_dir():
+            env["TIKTOKEN_CACHE_DIR"] = str(offline)
         with log_path.open("ab") as log:
             child = subprocess.Popen(
                 argv,

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from aigw.config import HealthConfig, parse_config
 from aigw.policies import RouteContext
 from aigw.providers import Endpoint
@@ -84,3 +86,31 @@ def test_round_robin_visits_every_deployment_evenly() -> None:
     route = r.models["chat"]
     picks = [r.pick(route, REQUEST, set()).id for _ in range(9)]  # type: ignore[union-attr]
     assert sorted(picks) == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+
+
+def test_filters_that_empty_the_candidates_say_why_with_the_right_status() -> None:
+    from aigw.errors import InvalidRequestError, ServiceUnavailableError
+    from aigw.policies import MODEL_AWARE_FILTERS
+
+    deployments = [
+        {
+            "id": name,
+            "base_url": f"http://127.0.0.1:{9000 + i}/v1",
+            "model": "m",
+            "context_window": 100,
+        }
+        for i, name in enumerate(["a", "b"])
+    ]
+    config = parse_config({"models": [{"name": "chat", "deployments": deployments}]})
+    r = Router(config, Clock(), random.Random(0), MODEL_AWARE_FILTERS)
+    route = r.models["chat"]
+    too_long = RouteContext(Endpoint.CHAT, "chat", {}, prompt_tokens=90, max_tokens=20)
+    with pytest.raises(InvalidRequestError) as info:
+        r.pick(route, too_long, set())
+    assert info.value.code == "no_deployment_context_window"
+    for dep in r.deployments.values():
+        dep.state.draining = True
+    with pytest.raises(ServiceUnavailableError):
+        r.pick(route, REQUEST, set())
+    # Once a deployment was tried, an empty result means "try the fallbacks", not an error.
+    assert r.pick(route, REQUEST, {"a"}) is None

@@ -1,0 +1,363 @@
+"""The sweep: which runs, in which order, and running them all with one fleet.
+
+One fleet process group serves every run; each run gets a fresh gateway (so that no run
+inherits another's EWMAs, ejections or prefix memory) and fresh prompt salts (so that no run
+hits prefixes cached by another). Capacity is measured first, once per workload in the plan.
+Every run is bounded: its arrivals are finite, its drain ends ``ttft_timeout`` after the last
+arrival at the latest, and the sweep skips runs once ``budget`` wall seconds are spent.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .capacity import Capacity, fill_seconds, measure_capacity, saturating_concurrency
+from .client import HttpTarget
+from .fleet import UPSTREAM_MODEL, Fleet, FleetSpec
+from .gateway import MODEL, GatewayStartError, GatewayTiming, start_gateway
+from .procs import ChildProcesses
+from .runner import RunSpec, StragglerSpec, Timing, run_open_loop
+from .stats import RunSummary, summarize
+from .straggler import StragglerReport, analyse_straggler
+from .workload import Priming, build_schedule
+
+__all__ = [
+    "DEFAULT_POLICIES",
+    "DEFAULT_SCENARIOS",
+    "Scenario",
+    "SweepConfig",
+    "SweepResult",
+    "available_policies",
+    "estimate_wall_seconds",
+    "run_sweep",
+]
+
+DEFAULT_POLICIES = ("round-robin", "least-connections", "least-latency", "gpu-aware", "auto")
+ALL_POLICIES = (
+    "round-robin",
+    "weighted",
+    "random",
+    "least-connections",
+    "least-latency",
+    "hash",
+    "cost",
+    "gpu-aware",
+    "auto",
+)
+# Tuning parameters that are durations in seconds: scaled with the simulator's clock.
+_TIME_PARAMS = ("cold_ttft_s", "kv_penalty_s", "prefill_s_per_token", "tpot_s")
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    workload: str
+    arrival: str
+    load: float
+    straggler: bool = False
+
+
+DEFAULT_SCENARIOS = (
+    Scenario("W1", "poisson", 0.3),
+    Scenario("W1", "poisson", 0.8),
+    Scenario("W1", "poisson", 1.0),
+    Scenario("W1", "gamma", 0.8),
+    Scenario("W2", "poisson", 0.8),
+    Scenario("W3", "poisson", 0.8),
+    Scenario("W1", "poisson", 0.8, straggler=True),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepConfig:
+    policies: tuple[str, ...]
+    scenarios: tuple[Scenario, ...]
+    out: Path
+    profiles: tuple[str, ...] = ("h100", "h100", "a100", "a100", "l4", "l4")
+    time_scale: float = 0.5
+    seed: int = 1
+    warmup: float = 5.0  # simulated seconds after priming, not measured
+    window: float = 15.0  # simulated seconds of measured arrivals
+    straggler_window: float = 20.0
+    straggler_after: float = 6.0  # seconds into the measured window
+    straggler_factor: float = 3.0
+    straggler_backend: str = "h100-0"
+    capacity_warmup: float = 3.0
+    capacity_window: float = 5.0
+    ttft_timeout: float = 10.0
+    fleet_processes: int = 2
+    budget: float = 900.0  # wall seconds; later runs are skipped past it
+    priming: Priming | None = field(default_factory=Priming)
+    gateway_timing: GatewayTiming = field(default_factory=GatewayTiming)
+
+
+@dataclass(slots=True)
+class SweepResult:
+    config: SweepConfig
+    command: str
+    machine: dict[str, Any]
+    capacities: dict[str, Capacity] = field(default_factory=dict)
+    summaries: list[RunSummary] = field(default_factory=list)
+    stragglers: list[StragglerReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+def available_policies() -> tuple[str, ...]:
+    from aigw.policies import POLICIES
+
+    return tuple(POLICIES)
+
+
+def machine_info() -> dict[str, Any]:
+    import os
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = 0
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(memory / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _run_sim_seconds(config: SweepConfig, scenario: Scenario) -> float:
+    window = config.straggler_window if scenario.straggler else config.window
+    return config.warmup + window + 3.0  # a typical drain
+
+
+def estimate_wall_seconds(config: SweepConfig) -> float:
+    workloads = {s.workload for s in config.scenarios}
+    capacity = len(workloads) * (
+        (config.capacity_warmup + config.capacity_window) * config.time_scale + 2.0
+    )
+    runs = sum(
+        _run_sim_seconds(config, s) * config.time_scale + 2.5 for s in config.scenarios
+    ) * len(config.policies)
+    return 3.0 + capacity + runs
+
+
+def policy_spec(policy: str, time_scale: float) -> str | dict[str, Any]:
+    """The config ``policy`` value: durations among the preset's tuning params are scaled
+    (the gateway's clock is wall time; the policy's defaults are meant for real GPUs)."""
+    try:
+        from aigw.policies.presets import PRESETS
+        from aigw.policies.tuning import Tuning
+    except ImportError:
+        return policy
+    preset = PRESETS.get(policy)
+    if preset is None:
+        return policy
+    defaults = Tuning()
+    scaled = {
+        name: getattr(defaults, name) * time_scale
+        for name in _TIME_PARAMS
+        if name in preset.params and hasattr(defaults, name)
+    }
+    return {"name": policy, **scaled} if scaled and time_scale != 1.0 else policy
+
+
+def _run_spec(config: SweepConfig, policy: str, scenario: Scenario, capacity: Capacity) -> RunSpec:
+    rate = scenario.load * capacity.requests_per_s
+    if not scenario.straggler:
+        return RunSpec(
+            policy,
+            scenario.workload,
+            scenario.arrival,
+            scenario.load,
+            rate,
+            config.warmup,
+            config.window,
+        )
+    straggler = StragglerSpec(
+        config.straggler_backend, config.warmup + config.straggler_after, config.straggler_factor
+    )
+    return RunSpec(
+        policy,
+        scenario.workload,
+        scenario.arrival,
+        scenario.load,
+        rate,
+        config.warmup,
+        config.straggler_window,
+        straggler,
+    )
+
+
+async def run_sweep(
+    config: SweepConfig,
+    command: str,
+    log: Callable[[str], None] = print,
+    on_result: Callable[[SweepResult], None] | None = None,
+) -> SweepResult:
+    """Run every (policy, scenario) of ``config``; ``on_result`` after each run (reports)."""
+    started = time.monotonic()
+    result = SweepResult(config=config, command=command, machine=machine_info())
+    known = available_policies()
+    policies = [p for p in config.policies if p in known]
+    for missing in [p for p in config.policies if p not in known]:
+        note = (
+            f"policy {missing!r} is not available in this build (aigw.policies.POLICIES); skipped"
+        )
+        result.notes.append(note)
+        log(f"note: {note}")
+    logs = config.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    timing = Timing(config.time_scale, ttft_timeout=config.ttft_timeout)
+    with ChildProcesses() as children:
+        fleet = Fleet(
+            FleetSpec(config.profiles, config.time_scale, config.seed, config.fleet_processes),
+            children,
+            logs,
+        )
+        fleet.start()
+        log(f"fleet: {', '.join(b.id for b in fleet.backends)} (time scale {config.time_scale})")
+        await _measure_capacities(config, fleet, timing, result, log)
+        run_no = 0
+        for policy in policies:
+            for scenario in config.scenarios:
+                run_no += 1
+                spec = _run_spec(config, policy, scenario, result.capacities[scenario.workload])
+                needed = _run_sim_seconds(config, scenario) * config.time_scale + 2.5
+                if time.monotonic() - started + needed > config.budget:
+                    note = f"skipped {spec.label}: the {config.budget:.0f} s budget is spent"
+                    result.notes.append(note)
+                    log(f"note: {note}")
+                    continue
+                try:
+                    summary, straggler = await _one_run(
+                        config, spec, fleet, children, logs, timing, run_no
+                    )
+                except GatewayStartError as exc:
+                    note = f"skipped {spec.label}: {exc}"
+                    result.notes.append(note)
+                    log(f"note: {note}")
+                    continue
+                result.summaries.append(summary)
+                if straggler is not None:
+                    result.stragglers.append(straggler)
+                log(_progress(summary, straggler))
+                result.wall_seconds = time.monotonic() - started
+                if on_result is not None:
+                    on_result(result)
+    result.wall_seconds = time.monotonic() - started
+    return result
+
+
+async def _measure_capacities(
+    config: SweepConfig,
+    fleet: Fleet,
+    timing: Timing,
+    result: SweepResult,
+    log: Callable[[str], None],
+) -> None:
+    for workload in sorted({s.workload for s in config.scenarios}):
+        # The rate only shapes W2's conversations; the closed loop ignores arrival times.
+        schedule = build_schedule(
+            workload, "poisson", 30.0, 60.0, config.seed, UPSTREAM_MODEL, f"cap-{workload}"
+        )
+        concurrency = saturating_concurrency(schedule, config.profiles)
+        warmup = max(config.capacity_warmup, fill_seconds(schedule, concurrency) + 1.0)
+        capacity = await measure_capacity(
+            fleet, schedule, concurrency, timing, warmup, config.capacity_window
+        )
+        result.capacities[workload] = capacity
+        per = ", ".join(f"{b} {v:.0f}" for b, v in capacity.per_backend.items())
+        log(
+            f"capacity {workload}: {capacity.requests_per_s:.1f} req/s = "
+            f"{capacity.tokens_per_s:.0f} output tok/s (mean output {capacity.mean_output:.0f}"
+            f" tokens; streams per backend {concurrency}; per backend tok/s: {per})"
+        )
+
+
+async def _one_run(
+    config: SweepConfig,
+    spec: RunSpec,
+    fleet: Fleet,
+    children: ChildProcesses,
+    logs: Path,
+    timing: Timing,
+    run_no: int,
+) -> tuple[RunSummary, StragglerReport | None]:
+    window = spec.warmup + spec.window
+    schedule = build_schedule(
+        spec.workload,
+        spec.arrival,
+        spec.rate,
+        window,
+        config.seed,
+        MODEL,
+        f"r{run_no:04d}",  # fixed width: the same seed gives the same lengths in every run
+        config.priming,
+    )
+    gateway = start_gateway(
+        children,
+        logs,
+        spec.policy,
+        policy_spec(spec.policy, config.time_scale),
+        fleet.backends,
+        config.time_scale,
+        config.gateway_timing,
+    )
+    try:
+        gateway.wait_scraped(timeout=10.0)
+        data = await run_open_loop(
+            spec,
+            schedule,
+            HttpTarget("127.0.0.1", gateway.port),
+            fleet,
+            gateway.cpu_seconds,
+            timing,
+        )
+    finally:
+        children.stop(gateway.process)
+    summary = summarize(data)
+    return summary, analyse_straggler(data) if spec.straggler else None
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _progress(s: RunSummary, straggler: StragglerReport | None) -> str:
+    line = (
+        f"{s.policy:>17} {s.workload}/{s.arrival:<7} {s.load:>4.0%}: "
+        f"TTFT p50/p99 {_fmt(s.ttft_p50)}/{_fmt(s.ttft_p99)} s, "
+        f"TPOT p50 {_fmt(None if s.tpot_p50 is None else s.tpot_p50 * 1000, 0)} ms, "
+        f"{s.output_tokens_per_s:.0f} tok/s, goodput {s.goodput:.1f}/s, "
+        f"failed {s.failed_pct:.1f}%, cpu gw {s.cpu_pct['gateway']:.0f}% "
+        f"loadgen {s.cpu_pct['loadgen']:.0f}% ({s.wall_seconds:.0f} s)"
+    )
+    if straggler is not None:
+        line += (
+            f"; straggler share {_fmt(straggler.share_before)} -> "
+            f"{_fmt(straggler.share_last_5s)}, moved off in {_fmt(straggler.seconds_to_move, 0)} s"
+        )
+    return line
+
+
+def parse_scenarios(
+    workloads: Sequence[str], arrivals: Sequence[str], loads: Sequence[float], straggler: bool
+) -> tuple[Scenario, ...]:
+    """The full grid of the given values, plus the straggler run (W1, Poisson, 80%)."""
+    grid = [Scenario(w, a, load) for w in workloads for a in arrivals for load in loads]
+    if straggler:
+        grid.append(Scenario("W1", "poisson", 0.8, straggler=True))
+    return tuple(grid)

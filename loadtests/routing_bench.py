@@ -1,0 +1,188 @@
+"""Routing benchmark: every routing policy against a heterogeneous simulated GPU fleet.
+
+    .venv/bin/python loadtests/routing_bench.py            # the default sweep (< 10 min, 2 cores)
+    .venv/bin/python loadtests/routing_bench.py --quick    # a one-minute look
+    .venv/bin/python loadtests/routing_bench.py --policies all --loads 0.3,0.5,0.8,1.0,1.1 \\
+        --workloads W1,W2,W3 --arrivals poisson,gamma      # the full grid (hours)
+
+Starts simulated backends (default 2xh100, 2xa100, 2xl4; ``aigw.sim``) in child processes,
+measures the fleet's capacity per workload, then for each policy and scenario starts a
+gateway (``aigw serve``) and drives it open loop with streamed chat completions: Poisson or
+bursty Gamma (CV 3) arrivals, ShareGPT-like lengths, three workloads (W1 independent, W2
+prefix-heavy conversations, W3 mixed long/short), plus one run where a backend slows x3.
+
+Simulated time runs ``--time-scale`` times slower than wall time (0.5: twice as fast); every
+reported latency is in simulated seconds. Writes ``routing.md`` and ``routing.json`` to
+``--out`` (default ``results/routing/``), and the child processes' logs under ``logs/``.
+Every child process is stopped by PID at the end, on error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from loadtests.bench.report import markdown, write_reports  # noqa: E402
+from loadtests.bench.sweep import (  # noqa: E402
+    ALL_POLICIES,
+    DEFAULT_POLICIES,
+    DEFAULT_SCENARIOS,
+    Scenario,
+    SweepConfig,
+    SweepResult,
+    estimate_wall_seconds,
+    parse_scenarios,
+    run_sweep,
+)
+from loadtests.bench.workload import ARRIVALS, WORKLOADS  # noqa: E402
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _loads(value: str) -> list[float]:
+    loads = [float(v) for v in _csv(value)]
+    if not loads or any(not 0 < v <= 3 for v in loads):
+        raise argparse.ArgumentTypeError("loads are fractions of capacity in (0, 3], e.g. 0.3,0.8")
+    return loads
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--policies",
+        type=_csv,
+        help=f"comma-separated presets, or 'all' (default: {','.join(DEFAULT_POLICIES)})",
+    )
+    p.add_argument("--loads", type=_loads, help="fractions of measured capacity, e.g. 0.3,0.8,1.1")
+    p.add_argument("--workloads", type=_csv, help=f"subset of {','.join(WORKLOADS)}")
+    p.add_argument("--arrivals", type=_csv, help=f"subset of {','.join(ARRIVALS)}")
+    p.add_argument("--no-straggler", action="store_true", help="leave out the x3 straggler run")
+    p.add_argument("--duration", type=float, help="measured window per run, simulated s (15)")
+    p.add_argument("--warmup", type=float, help="warm-up per run after priming, simulated s (5)")
+    p.add_argument("--time-scale", type=float, help="wall seconds per simulated second (0.5)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="round-robin and auto, W1 at 80%% plus the straggler, short windows",
+    )
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "routing")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=900.0,
+        help="wall seconds; runs that would end past it are skipped (900)",
+    )
+    p.add_argument("--fleet", type=_csv, help="GPU profiles, e.g. h100,a100,l4 (default 2 of each)")
+    return p
+
+
+def build_config(args: argparse.Namespace) -> SweepConfig:
+    grid = args.loads or args.workloads or args.arrivals
+    if args.quick:
+        policies: Sequence[str] = ("round-robin", "auto")
+        scenarios: tuple[Scenario, ...] = (
+            Scenario("W1", "poisson", 0.8),
+            Scenario("W1", "poisson", 0.8, straggler=True),
+        )
+    else:
+        policies = DEFAULT_POLICIES
+        scenarios = DEFAULT_SCENARIOS
+    if args.policies:
+        policies = ALL_POLICIES if args.policies == ["all"] else tuple(args.policies)
+    if grid:
+        for name in args.workloads or ():
+            if name not in WORKLOADS:
+                raise SystemExit(f"unknown workload {name!r}; expected one of {WORKLOADS}")
+        for name in args.arrivals or ():
+            if name not in ARRIVALS:
+                raise SystemExit(f"unknown arrival process {name!r}; expected one of {ARRIVALS}")
+        scenarios = parse_scenarios(
+            args.workloads or ["W1"],
+            args.arrivals or ["poisson"],
+            args.loads or [0.8],
+            straggler=not args.no_straggler,
+        )
+    elif args.no_straggler:
+        scenarios = tuple(s for s in scenarios if not s.straggler)
+    config = SweepConfig(
+        policies=tuple(policies),
+        scenarios=scenarios,
+        out=args.out,
+        seed=args.seed,
+        budget=args.budget,
+    )
+    if args.quick:
+        config = replace(
+            config,
+            warmup=3.0,
+            window=8.0,
+            straggler_window=14.0,
+            straggler_after=4.0,
+            capacity_window=4.0,
+        )
+    if args.fleet:
+        config = replace(config, profiles=tuple(args.fleet), straggler_backend=f"{args.fleet[0]}-0")
+    if args.duration is not None:
+        config = replace(
+            config,
+            window=args.duration,
+            straggler_window=max(args.duration, config.straggler_after + 10),
+        )
+    if args.warmup is not None:
+        config = replace(config, warmup=args.warmup)
+    if args.time_scale is not None:
+        config = replace(config, time_scale=args.time_scale)
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    config = build_config(args)
+    command = shlex.join(["loadtests/routing_bench.py", *(sys.argv[1:] if argv is None else argv)])
+    print(
+        f"routing benchmark: {len(config.policies)} policies x {len(config.scenarios)} scenarios; "
+        f"1 simulated s = {config.time_scale:g} wall s; "
+        f"estimated wall time {estimate_wall_seconds(config) / 60:.1f} min",
+        flush=True,
+    )
+
+    def save(result: SweepResult) -> None:
+        write_reports(result)
+
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        result = runner(run_sweep(config, command, lambda m: print(m, flush=True), save))
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: child processes stopped; partial reports (if any) are in {config.out}",
+            file=sys.stderr,
+        )
+        return 130
+    md, js = write_reports(result)
+    print()
+    print(markdown(result))
+    print(f"\nwrote {md} and {js}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The ``auto`` preset: predicted TTFT, prefix affinity, herding, stale metrics, spillover."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from aigw.routing.deployment import Deployment
+from tests.policies.conftest import cloud, dispatch, fleet, gpu, gpus, policy, request, scrape
+
+BLOCKS = tuple(range(1, 17))
+LONG = request(prompt_tokens=4000, prefix_blocks=BLOCKS)  # 0.8 s of prefill when uncached
+
+
+def picks(spec: Any, model: Any, deps: list[Deployment], ctx: Any, n: int = 20) -> Counter[str]:
+    p = policy(spec, model)
+    return Counter(p.pick(deps, ctx).id for _ in range(n))
+
+
+def test_prefers_free_capacity_over_a_queue() -> None:
+    model, deps = gpus(2)
+    scrape(deps[0], running=8, waiting=3, kv=0.6)
+    scrape(deps[1], running=8, waiting=0, kv=0.6)
+    assert picks("auto", model, deps, request(prompt_tokens=500)) == {"g1": 20}
+    queued, free = (d.state.last_scores["predicted_ttft_s"] for d in deps)
+    assert queued > free
+
+
+def test_affinity_wins_when_loads_are_equal() -> None:
+    model, deps = gpus(3)
+    for d in deps:
+        scrape(d, running=4, kv=0.3)
+    deps[2].state.prefixes.add(BLOCKS)
+    assert picks("auto", model, deps, LONG) == {"g2": 20}
+    assert deps[2].state.last_scores["predicted_ttft_s"] == pytest.approx(0.03 * (1 + 4 / 512))
+
+
+def test_affinity_yields_when_the_affine_deployment_is_overloaded() -> None:
+    model, deps = gpus(3)
+    for d in deps:
+        scrape(d, running=4, kv=0.3)
+    scrape(deps[2], running=8, waiting=4, kv=0.9)  # a queue: seconds, more than 0.8 s prefill
+    deps[2].state.prefixes.add(BLOCKS)
+    assert "g2" not in picks("auto", model, deps, LONG)
+
+
+def test_affinity_is_worth_the_prefill_it_saves_and_no_more() -> None:
+    model, deps = gpus(2)
+    scrape(deps[0])
+    scrape(deps[1])
+    deps[1].state.prefixes.add(BLOCKS)
+    deps[1].state.in_flight = 0
+    p = policy("auto", model)
+    assert p.pick(deps, LONG) is deps[1]  # 0.8 s of prefill saved
+    tiny = request(prompt_tokens=40, prefix_blocks=BLOCKS)
+    scrape(deps[1], running=9, waiting=1)  # a short queue costs more than 8 ms of prefill
+    assert p.pick(deps, tiny) is deps[0]
+
+
+def test_in_flight_adjustment_spreads_a_burst_between_scrapes() -> None:
+    model, deps = gpus(4)
+    for d in deps:
+        scrape(d)  # all idle at the last scrape; no new scrape during the burst
+    p = policy("auto", model)
+    ctx = request(prompt_tokens=800)
+    for _ in range(8):
+        dispatch(p.pick(deps, ctx), ctx)
+    assert [d.state.in_flight for d in deps] == [2, 2, 2, 2]
+
+
+def test_a_burst_does_not_herd_onto_the_one_that_looked_idle() -> None:
+    model, deps = gpus(4)
+    scrape(deps[0])
+    for d in deps[1:]:
+        scrape(d, running=2)
+    p = policy("auto", model)
+    ctx = request(prompt_tokens=800)
+    for _ in range(8):
+        dispatch(p.pick(deps, ctx), ctx)
+    assert deps[0].state.in_flight <= 4
+    assert all(d.state.in_flight >= 1 for d in deps[1:])
+
+
+def test_stale_metrics_fall_back_to_local_signals() -> None:
+    model, deps = gpus(2)
+    scrape(deps[0], waiting=40, running=8)  # old news: it has drained since
+    scrape(deps[1])  # old news too: the gateway has sent it 12 since
+    deps[1].state.in_flight = 12
+    for d in deps:
+        d.state.engine_stale = True
+        d.state.ttft.add(0.3)
+    assert picks("auto", model, deps, request(prompt_tokens=500)) == {"g0": 20}
+    deps[1].state.engine_stale = False  # the same numbers, trusted: g1 has no queue
+    deps[0].state.engine_stale = False
+    assert picks("auto", model, deps, request(prompt_tokens=500)) == {"g1": 20}
+
+
+def spill_fleet(**model: Any) -> tuple[Any, list[Deployment]]:
+    model.setdefault("slo_ttft_ms", 1000)
+    return fleet(
+        gpu("g0"),
+        gpu("g1"),
+        cloud("cheap", cost={"input_per_mtok": 0.5, "output_per_mtok": 1.5}),
+        cloud("pricey", cost={"input_per_mtok": 10, "output_per_mtok": 30}),
+        **model,
+    )
+
+
+def overload(deps: list[Deployment]) -> None:
+    for d in deps:
+        scrape(d, running=8, waiting=8)  # about 8 s predicted: past a 1 s SLO
+
+
+def test_spills_to_cloud_past_the_slo_and_returns_when_gpus_recover() -> None:
+    model, deps = spill_fleet()
+    for d in deps[:2]:
+        scrape(d, running=4, kv=0.3)
+    p = policy("auto", model)
+    ctx = request(prompt_tokens=1000)
+    assert p.pick(deps, ctx).id in ("g0", "g1")
+    assert deps[2].state.last_scores == {
+        "predicted_ttft_s": pytest.approx(0.8),
+        "eligible": 0.0,
+    }
+    overload(deps[:2])
+    assert p.pick(deps, ctx).id in ("cheap", "pricey")
+    assert deps[0].state.last_scores["predicted_ttft_s"] > 1.0
+    scrape(deps[1], running=4, kv=0.3)  # one GPU recovers
+    assert p.pick(deps, ctx).id == "g1"
+
+
+def test_spillover_respects_the_cost_ceiling() -> None:
+    model, deps = spill_fleet(spillover={"max_cost_per_mtok": 2.0})
+    deps[3].state.ttft.add(0.1)  # the pricey cloud is the fastest
+    deps[2].state.ttft.add(0.6)
+    overload(deps[:2])
+    assert picks("auto", model, deps, request(prompt_tokens=1000)) == {"cheap": 20}
+    assert deps[3].state.last_scores["eligible"] == 0.0
+    model, deps = spill_fleet(spillover={"max_cost_per_mtok": 0.1})
+    overload(deps[:2])
+    assert set(picks("auto", model, deps, request(prompt_tokens=1000))) <= {"g0", "g1"}
+
+
+def test_without_the_ceiling_the_fastest_cloud_wins_the_spill() -> None:
+    model, deps = spill_fleet()
+    deps[3].state.ttft.add(0.1)
+    overload(deps[:2])
+    assert picks("auto", model, deps, request(prompt_tokens=1000)) == {"pricey": 20}
+
+
+def test_no_spillover_when_disabled_or_without_an_slo() -> None:
+    for model_extra in ({"spillover": {"enabled": False}}, {"slo_ttft_ms": None}):
+        model, deps = spill_fleet(**model_extra)
+        overload(deps[:2])
+        assert set(picks("auto", model, deps, request(prompt_tokens=1000))) <= {"g0", "g1"}
+
+
+def test_clouds_are_always_eligible_without_gpu_candidates() -> None:
+    model, deps = spill_fleet()
+    deps[3].state.ttft.add(0.2)
+    deps[2].state.ttft.add(0.5)
+    # the GPUs are at capacity, so the router passes only the clouds
+    assert picks("auto", model, deps[2:], request(prompt_tokens=1000)) == {"pricey": 20}
+    only_clouds, clouds = fleet(cloud("a"), cloud("b"), slo_ttft_ms=1)
+    clouds[0].state.ttft.add(2.0)
+    assert picks("auto", only_clouds, clouds, request()) == {"b": 20}
+
+
+def test_extra_weights_join_the_prediction() -> None:
+    model, deps = fleet(
+        gpu("free", cost={"input_per_mtok": 0, "output_per_mtok": 0}),
+        gpu("paid", cost={"input_per_mtok": 5, "output_per_mtok": 5}),
+    )
+    scrape(deps[0], running=30, kv=0.5)  # slightly slower to first token
+    scrape(deps[1])
+    ctx = request(prompt_tokens=1000)
+    assert picks("auto", model, deps, ctx) == {"paid": 20}
+    spec = {"name": "auto", "weights": {"cost": 1}}
+    assert picks(spec, model, deps, ctx) == {"free": 20}
+    assert set(deps[0].state.last_scores) == {"ttft", "cost", "total", "predicted_ttft_s"}
