@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from aigw.config import GatewayConfig, ModelConfig, RoutingConfig
+from aigw.config import DeploymentConfig, GatewayConfig, ModelConfig, RoutingConfig
 from aigw.errors import InvalidRequestError, ServiceUnavailableError
 from aigw.policies import Policy, RouteContext, make_policy
 from aigw.policies.base import Filter
@@ -21,7 +21,7 @@ from aigw.providers import Endpoint, make_provider
 from aigw.routing.deployment import Deployment, DeploymentState, OutlierDetector
 from aigw.routing.prefix import PrefixLRU
 
-__all__ = ["ModelRoute", "Router"]
+__all__ = ["ModelRoute", "Router", "build_deployment"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,20 +118,27 @@ class Router:
         }
 
 
+def build_deployment(
+    config: DeploymentConfig, model: str, prefix_capacity: int = 16384
+) -> Deployment:
+    """One deployment of public model ``model``, with everything fixed built once."""
+    return Deployment(
+        id=config.id,
+        model=model,
+        config=config,
+        provider=make_provider(config),
+        # sock_read stays unset: first-byte and idle gaps are enforced by the gateway,
+        # because a non-streamed reply legitimately sends nothing until generation ends.
+        timeout=aiohttp.ClientTimeout(
+            total=config.timeouts.total, sock_connect=config.timeouts.connect
+        ),
+        state=DeploymentState(prefixes=PrefixLRU(prefix_capacity)),
+    )
+
+
 def _build_route(model: ModelConfig, routing: RoutingConfig, rng: random.Random) -> ModelRoute:
     deployments = tuple(
-        Deployment(
-            id=dep.id,
-            model=model.name,
-            config=dep,
-            provider=make_provider(dep),
-            # sock_read stays unset: first-byte and idle gaps are enforced by the gateway,
-            # because a non-streamed reply legitimately sends nothing until generation ends.
-            timeout=aiohttp.ClientTimeout(
-                total=dep.timeouts.total, sock_connect=dep.timeouts.connect
-            ),
-            state=DeploymentState(prefixes=PrefixLRU(routing.prefix_blocks_per_deployment)),
-        )
+        build_deployment(dep, model.name, routing.prefix_blocks_per_deployment)
         for dep in model.deployments
     )
     windows = [d.context_window for d in model.deployments if d.context_window is not None]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import aiohttp
 import pytest
 
 from aigw.config import ModelConfig, parse_config
 from aigw.policies import Policy, RouteContext, make_policy
-from aigw.providers import Endpoint, make_provider
-from aigw.routing.deployment import Deployment, DeploymentState
+from aigw.providers import Endpoint
+from aigw.routing.deployment import Deployment
+from aigw.routing.router import build_deployment
 from aigw.routing.signals import EngineSnapshot
 
 
@@ -33,19 +33,7 @@ def fleet(*specs: dict[str, Any], **model: Any) -> tuple[ModelConfig, list[Deplo
     ]
     config = parse_config({"models": [{"name": "m", "deployments": deployments, **model}]})
     model_config = config.models[0]
-    built = [
-        Deployment(
-            id=dep.id,
-            model=model_config.name,
-            config=dep,
-            provider=make_provider(dep),
-            timeout=aiohttp.ClientTimeout(
-                total=dep.timeouts.total, sock_connect=dep.timeouts.connect
-            ),
-            state=DeploymentState(),
-        )
-        for dep in model_config.deployments
-    ]
+    built = [build_deployment(dep, model_config.name) for dep in model_config.deployments]
     return model_config, built
 
 
