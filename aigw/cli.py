@@ -20,6 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every metrics scrape at INFO; that is noise next to the gateway's own lines.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
     try:
         result: int = args.run(args)
         return result
