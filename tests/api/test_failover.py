@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.conftest import deployment
-from tests.servers import ThreadedServer, free_port
+from tests.servers import ThreadedServer, free_port, serve_in_thread
 
 MODEL = "m"
 HELLO: list[Any] = [{"role": "user", "content": "Hello there"}]
@@ -221,3 +224,56 @@ def test_readyz_reports_model_without_healthy_deployment(start_gateway: Start, s
     ready = httpx.get(f"{gateway.url}/readyz")
     assert ready.status_code == 503
     assert ready.json()["models_without_healthy_deployment"] == [MODEL]
+
+
+def stalling_upstream(stalled: threading.Event) -> Any:
+    """An OpenAI-compatible upstream that sends one chunk, then nothing until disconnected."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        chunk = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}
+            ],
+        }
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                "more_body": True,
+            }
+        )
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        stalled.set()  # the gateway gave up on us and closed the connection
+
+    return app
+
+
+def test_idle_gap_mid_stream_ends_with_error_event_and_closes_upstream(
+    servers: ExitStack, start_gateway: Start, sdk: SDK
+) -> None:
+    closed = threading.Event()
+    upstream = servers.enter_context(serve_in_thread(stalling_upstream(closed)))
+    gateway = start_gateway(one_model(deployment(upstream.url, "staller", timeouts={"idle": 0.3})))
+    stream = sdk(gateway).chat.completions.create(model=MODEL, messages=HELLO, stream=True)
+    received = []
+    with pytest.raises(openai.APIError) as info:
+        for chunk in stream:
+            received.append(chunk.choices[0].delta.content)
+    assert received == ["Hi"]
+    assert "timed out (streaming)" in info.value.message
+    assert closed.wait(5)
