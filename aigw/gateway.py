@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -148,7 +148,7 @@ class Gateway:
             async with session.post(
                 upstream.url,
                 data=upstream.body,
-                headers=upstream.headers,
+                headers=_with_request_id(upstream.headers, ctx.request_id),
                 timeout=deployment.timeout,
             ) as response:
                 status = response.status
@@ -172,7 +172,7 @@ class Gateway:
                 response = await session.post(
                     upstream.url,
                     data=upstream.body,
-                    headers=upstream.headers,
+                    headers=_with_request_id(upstream.headers, ctx.request_id),
                     timeout=deployment.timeout,
                 )
                 try:
@@ -188,6 +188,13 @@ class Gateway:
         if not queued and ctx.prompt_tokens > 0:
             state.prefill_per_token.add((now - started) / ctx.prompt_tokens)
         return UpstreamStream(self, deployment, response, translator, first, now)
+
+
+def _with_request_id(headers: Mapping[str, str], request_id: str | None) -> Mapping[str, str]:
+    """The provider's fixed headers plus this request's id (vLLM and most proxies log it)."""
+    if request_id is None:
+        return headers
+    return {**headers, "x-request-id": request_id}
 
 
 def _engine_queue(deployment: Deployment) -> bool:

@@ -33,6 +33,7 @@ class RouteContext:
     region: str | None = None  # x-aigw-region header
     tags: frozenset[str] = frozenset()  # x-aigw-tags header, comma-separated
     adapter: str | None = None  # LoRA adapter the model needs
+    request_id: str | None = None  # the x-request-id, forwarded upstream for tracing
 
 
 class Filter(Protocol):

@@ -25,7 +25,7 @@ _OPENING_BLOCKS_MAX = 8  # the affinity key covers at most this many leading blo
 class RequestMeta:
     """The parts of the HTTP request (not its body) that routing may use."""
 
-    __slots__ = ("client_ip", "hash_key", "region", "tags")
+    __slots__ = ("client_ip", "hash_key", "region", "request_id", "tags")
 
     def __init__(
         self,
@@ -33,11 +33,13 @@ class RequestMeta:
         region: str | None = None,
         tags: frozenset[str] = frozenset(),
         client_ip: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         self.hash_key = hash_key
         self.region = region
         self.tags = tags
         self.client_ip = client_ip
+        self.request_id = request_id
 
     @classmethod
     def from_scope(cls, scope: Mapping[str, Any]) -> RequestMeta:
@@ -53,7 +55,9 @@ class RequestMeta:
             elif name == b"x-aigw-tags":
                 tags = frozenset(t.strip() for t in value.decode("latin-1").split(",") if t.strip())
         client = scope.get("client")
-        return cls(hash_key, region, tags, client[0] if client else None)
+        return cls(
+            hash_key, region, tags, client[0] if client else None, scope.get("aigw.request_id")
+        )
 
 
 class ContextBuilder:
@@ -97,6 +101,7 @@ class ContextBuilder:
             region=meta.region,
             tags=meta.tags,
             adapter=adapter,
+            request_id=meta.request_id,
         )
 
 

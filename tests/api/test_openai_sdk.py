@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -10,7 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import UPSTREAM_MODEL, deployment
-from tests.servers import ThreadedServer
+from tests.servers import ThreadedServer, serve_in_thread
 
 MODEL = "llama-3-8b"
 
@@ -233,3 +234,37 @@ def test_health_and_readiness(gateway: ThreadedServer) -> None:
     assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{gateway.url}/readyz")
     assert ready.status_code == 200 and ready.json()["models"] == [MODEL]
+
+
+def test_request_id_reaches_the_upstream(
+    servers: ExitStack, start_gateway: Callable[..., ThreadedServer]
+) -> None:
+    seen: list[dict[bytes, bytes]] = []
+    reply = b'{"id":"x","object":"chat.completion","created":0,"model":"m","choices":[]}'
+
+    async def upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append(dict(scope["headers"]))
+        await receive()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": reply})
+
+    server = servers.enter_context(serve_in_thread(upstream))
+    gateway = start_gateway(
+        {"models": [{"name": MODEL, "deployments": [deployment(server.url, "rec")]}]}
+    )
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0) as sdk:
+        raw = sdk.chat.completions.with_raw_response.create(
+            model=MODEL, messages=HELLO, extra_headers={"x-request-id": "trace-7"}
+        )
+        minted = sdk.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO)
+    assert raw.headers["x-request-id"] == "trace-7"
+    assert seen[0][b"x-request-id"] == b"trace-7"
+    assert seen[1][b"x-request-id"].decode() == minted.headers["x-request-id"]
