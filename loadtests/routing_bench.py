@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shlex
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -149,6 +151,28 @@ def build_config(args: argparse.Namespace) -> SweepConfig:
     return config
 
 
+async def _stoppable(sweep: Coroutine[Any, Any, SweepResult]) -> SweepResult:
+    """``sweep``, cancelled by SIGTERM as by Ctrl-C: cancellation unwinds through the
+    sweep's context managers, which stop every child process by PID."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await sweep
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _run(sweep: Coroutine[Any, Any, SweepResult]) -> SweepResult:
+    """Run on uvloop when installed (cheaper per streamed chunk), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_stoppable(sweep))
+    return uvloop.run(_stoppable(sweep))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     config = build_config(args)
@@ -163,15 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def save(result: SweepResult) -> None:
         write_reports(result)
 
+    sweep = run_sweep(config, command, lambda m: print(m, flush=True), save)
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        result = runner(run_sweep(config, command, lambda m: print(m, flush=True), save))
-    except KeyboardInterrupt:
+        result = _run(sweep)
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print(
             f"interrupted: child processes stopped; partial reports (if any) are in {config.out}",
             file=sys.stderr,

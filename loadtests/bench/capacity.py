@@ -16,10 +16,8 @@ import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import httpx
-
 from .client import HttpTarget, Outcome, StreamClient
-from .fleet import Backend, Fleet
+from .fleet import Backend, Fleet, control_client
 from .procs import self_cpu_seconds
 from .runner import CpuUsage, Timing
 from .workload import PlannedRequest, Schedule
@@ -31,12 +29,12 @@ def saturating_concurrency(
     schedule: Schedule, profiles: Iterable[str], kv_fraction: float = 0.9
 ) -> dict[str, int]:
     """Streams per GPU profile: its batch cap (``max_num_seqs``), or fewer when that many
-    of the workload's sequences (mean prompt + mean output tokens) would overfill its KV
-    cache: past that point extra streams only add preemption (recompute) and lower the
-    throughput, so they would understate what the backend can do."""
+    of the workload's sequences would overfill its KV cache (a running sequence holds its
+    prompt and, on average, half its output): past that point extra streams mostly add
+    preemption (recompute) and lower the throughput, understating what the backend can do."""
     from aigw.sim.profiles import BLOCK_SIZE, get_profile
 
-    per_sequence = schedule.mean_prompt + schedule.mean_output
+    per_sequence = schedule.mean_prompt + schedule.mean_output / 2
     out = {}
     for name in set(profiles):
         profile = get_profile(name)
@@ -81,7 +79,7 @@ async def measure_capacity(
     loop = asyncio.get_running_loop()
     scale = timing.time_scale
     plans = schedule.requests
-    async with httpx.AsyncClient(timeout=10.0) as control:
+    async with control_client() as control:
         await fleet.reset(control)
         queues: list[list[PlannedRequest]] = [[] for _ in fleet.backends]
         for i, plan in enumerate(plans):

@@ -27,9 +27,19 @@ import httpx
 
 from .procs import ChildProcesses, cpu_seconds
 
-__all__ = ["Backend", "Fleet", "FleetSpec"]
+__all__ = ["Backend", "Fleet", "FleetSpec", "control_client"]
 
 UPSTREAM_MODEL = "sim-llama-3-8b"
+
+
+def control_client() -> httpx.AsyncClient:
+    """A client for the backends' test endpoints. Idle connections are dropped after 1 s:
+    uvicorn closes them after 5 s, and reusing one just as it does fails the request."""
+    return httpx.AsyncClient(
+        timeout=10.0,
+        limits=httpx.Limits(keepalive_expiry=1.0),
+        transport=httpx.AsyncHTTPTransport(retries=2),
+    )
 
 
 @dataclass(frozen=True, slots=True)

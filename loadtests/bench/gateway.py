@@ -79,7 +79,7 @@ def gateway_config(
         for b in backends
     ]
     return {
-        "server": {"host": "127.0.0.1", "port": port, "drain_seconds": 0},
+        "server": {"host": "127.0.0.1", "port": port, "drain_seconds": 1},
         "models": [{"name": MODEL, "policy": policy, "deployments": deployments}],
         "routing": {"scrape_interval": wall(timing.scrape_interval)},
         "health": {

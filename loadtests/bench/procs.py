@@ -3,7 +3,8 @@
 Every process is started in its own session so that a stray signal to the benchmark's
 terminal does not reach it twice, and is stopped by its PID (SIGTERM, then SIGKILL after a
 grace period) from :class:`ChildProcesses`, which the benchmark uses as a context manager so
-that children are stopped on success, exception and Ctrl-C alike.
+that children are stopped on success, exception, Ctrl-C and SIGTERM alike; should the
+benchmark itself be killed outright, Linux sends each child SIGTERM (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -20,6 +22,18 @@ __all__ = ["ROOT", "ChildProcesses", "cpu_seconds", "self_cpu_seconds"]
 
 ROOT = Path(__file__).resolve().parents[2]
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the benchmark dies, so that not
+    even a SIGKILLed benchmark leaves backends or gateways behind (no-op elsewhere)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -60,6 +74,7 @@ class ChildProcesses:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self._children.append(child)
         return child

@@ -59,20 +59,40 @@ def straggler_table(result: SweepResult) -> list[str]:
     rows = [
         f"Backend `{first.backend}` slows x{first.factor:g} {c.straggler_after:g} s into the "
         f"measured window (W1, Poisson, 80% load) and stays slow for the remaining {after:g} s. "
-        "Shares are of the requests dispatched in that interval. *Moved off*: the first moment "
-        "from which the straggler's share of every later 2 s window stays below half its share "
-        "before the slowdown (±1 s).",
+        f"Shares are of the requests dispatched in each interval. Its fair share is its share "
+        f"of the measured capacity, {first.fair_share:.3f} (x{first.factor:g} slower, its "
+        f"capacity share would be {first.ideal_after:.3f}). *Below fair/2 after*: the first "
+        "second T after the slowdown from which its share is below half its fair share over "
+        "[T, T+2 s) and over the rest of the run.",
         "",
-        "| policy | share before | share 0-5 s after | share, last 5 s | s until share < before/2 |",
-        "|---|---:|---:|---:|---:|",
+        "| policy | share before | 0-2 s after | 2-5 s after | last 5 s | below fair/2 after (s) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in result.stragglers:
         moved = "not within the run" if r.seconds_to_move is None else f"{r.seconds_to_move:.0f}"
         rows.append(
-            f"| {r.policy} | {_f(r.share_before, 3)} | {_f(r.share_first_5s, 3)} "
-            f"| {_f(r.share_last_5s, 3)} | {moved} |"
+            f"| {r.policy} | {_f(r.share_before, 3)} | {_f(r.share_0_2s, 3)} "
+            f"| {_f(r.share_2_5s, 3)} | {_f(r.share_last_5s, 3)} | {moved} |"
         )
     return rows
+
+
+def cpu_lines(result: SweepResult) -> list[str]:
+    """The busiest run per process group, and the median CPU cost per output token."""
+    out = []
+    for group, name in (
+        ("gateway", "gateway"),
+        ("fleet", "fleet (all backend processes)"),
+        ("loadgen", "load generator"),
+    ):
+        peak = max(s.cpu_pct[group] for s in result.summaries)
+        costs = sorted(s.cpu_us_per_token[group] for s in result.summaries)
+        median = costs[len(costs) // 2]
+        out.append(
+            f"- {name}: at most {peak:.0f}% of one core during a run; "
+            f"median {median:.0f} CPU-µs per output token"
+        )
+    return out
 
 
 def markdown(result: SweepResult) -> str:
@@ -93,7 +113,9 @@ def markdown(result: SweepResult) -> str:
         f"- Each run: priming to steady state, {c.warmup:g} s warm-up, {c.window:g} s of measured "
         f"arrivals ({c.straggler_window:g} s for the straggler run), then a drain of at most "
         f"{c.ttft_timeout:g} s (the client's first-token timeout).",
-        "- Goodput: requests per second with TTFT ≤ 2 s and TPOT ≤ 200 ms.",
+        "- Goodput: requests per second with TTFT ≤ 2 s and TPOT ≤ 200 ms. Failed: errors, "
+        f"and requests without a first token after {c.ttft_timeout:g} s (the client gives up; "
+        "such requests enter the TTFT percentiles at that value, a lower bound).",
         f"- Sweep wall time: {result.wall_seconds:.0f} s.",
         "",
         "Measured capacity (every backend saturated directly, closed loop):",
@@ -105,23 +127,19 @@ def markdown(result: SweepResult) -> str:
         lines.append(
             f"| {name} | {cap.requests_per_s:.1f} | {cap.tokens_per_s:.0f} | {cap.mean_output:.0f} |"
         )
+    for key, (system, ideal) in sorted(result.prefix_profiles.items()):
+        lines += [
+            "",
+            f"{key} prompts: {system:.0%} of prompt tokens are shared system prompts; an ideal "
+            f"affinity router (each conversation on one backend, unbounded cache) could serve "
+            f"{ideal:.0%} from the prefix cache.",
+        ]
     lines += ["", "## Results", "", *results_table(result), ""]
     straggler = straggler_table(result)
     if straggler:
         lines += ["## Straggler", "", *straggler, ""]
     if result.summaries:
-        gw = max(s.cpu_pct["gateway"] for s in result.summaries)
-        fleet = max(s.cpu_pct["fleet"] for s in result.summaries)
-        client = max(s.cpu_pct["loadgen"] for s in result.summaries)
-        per_token = [s.client_us_per_token for s in result.summaries if s.client_us_per_token]
-        lines += [
-            "## CPU",
-            "",
-            f"Highest share of one core during a run: gateway {gw:.0f}%, fleet (all backend "
-            f"processes) {fleet:.0f}%, load generator {client:.0f}% "
-            f"({max(per_token, default=0):.0f} µs of load-generator CPU per output token at most).",
-            "",
-        ]
+        lines += ["## CPU", "", *cpu_lines(result), ""]
     if result.notes:
         lines += ["## Notes", "", *[f"- {n}" for n in result.notes], ""]
     return "\n".join(lines)
@@ -146,6 +164,7 @@ def to_json(result: SweepResult) -> dict[str, Any]:
         "config": _plain(result.config),
         "wall_seconds": result.wall_seconds,
         "capacities": _plain(result.capacities),
+        "prefix_profiles": _plain(result.prefix_profiles),
         "runs": [_plain(s) for s in result.summaries],
         "stragglers": [_plain(r) for r in result.stragglers],
         "notes": list(result.notes),

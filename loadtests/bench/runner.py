@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import httpx
 
 from .client import HttpTarget, Outcome, StreamClient
-from .fleet import Fleet
+from .fleet import Fleet, control_client
 from .procs import self_cpu_seconds
 from .workload import PlannedRequest, Schedule
 
@@ -268,7 +268,7 @@ async def run_open_loop(
     timing: Timing,
 ) -> RunData:
     """Send ``schedule`` open loop through the gateway; see the module docstring."""
-    async with httpx.AsyncClient(timeout=10.0) as control:
+    async with control_client() as control:
         await fleet.reset(control)
         run = _OpenLoop(spec, schedule, gateway, [b.id for b in fleet.backends], timing)
         cpu0 = (fleet.cpu_seconds(), gateway_cpu(), self_cpu_seconds(), run.loop.time())

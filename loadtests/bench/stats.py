@@ -67,6 +67,7 @@ class RunSummary:
     imbalance_max: float | None
     dispatch_share: dict[str, float]  # share of measured requests per backend
     cpu_pct: dict[str, float]  # % of one core over the run's wall time, per process group
+    cpu_us_per_token: dict[str, float]  # CPU microseconds per output token received
     client_us_per_token: float | None
     wall_seconds: float
 
@@ -101,9 +102,9 @@ def summarize(run: RunData, slo: SLO = SLO()) -> RunSummary:
         and (r.tpot is None or r.tpot <= slo.tpot)
     )
     shares: dict[str, float] = {b: 0.0 for b in run.backend_ids}
-    dispatched = [r for r in measured if r.deployment is not None]
-    for r in dispatched:
-        shares[r.deployment] = shares.get(r.deployment, 0.0) + 1.0 / len(dispatched)  # type: ignore[index]
+    dispatched = [r.deployment for r in measured if r.deployment is not None]
+    for deployment in dispatched:
+        shares[deployment] = shares.get(deployment, 0.0) + 1.0 / len(dispatched)
     imbalance_mean, imbalance_max = _imbalance(run.samples)
     wall = max(run.cpu.wall_seconds, 1e-9)
     tokens = sum(r.tokens for r in run.records)
@@ -141,6 +142,11 @@ def summarize(run: RunData, slo: SLO = SLO()) -> RunSummary:
             "fleet": 100.0 * run.cpu.fleet_seconds / wall,
             "gateway": 100.0 * run.cpu.gateway_seconds / wall,
             "loadgen": 100.0 * run.cpu.client_seconds / wall,
+        },
+        cpu_us_per_token={
+            "fleet": 1e6 * run.cpu.fleet_seconds / max(1, tokens),
+            "gateway": 1e6 * run.cpu.gateway_seconds / max(1, tokens),
+            "loadgen": 1e6 * run.cpu.client_seconds / max(1, tokens),
         },
         client_us_per_token=1e6 * run.cpu.client_seconds / tokens if tokens else None,
         wall_seconds=run.cpu.wall_seconds,

@@ -3,18 +3,19 @@
 Dispatches are attributed by the ``x-aigw-deployment`` header of every request sent after
 the warm-up and counted in 1 s bins aligned on the moment of the slowdown.
 
-The reference is the straggler's own share *before* the slowdown under the same policy (its
-fair share as that policy sees it: a capacity-aware policy gives an h100 about 30% of a
-2xh100/2xa100/2xl4 fleet, round-robin gives every backend 1/6). Traffic has *moved off* when
-the straggler's share of dispatches drops below half that reference and stays there: the
-reaction time is the midpoint of the first 2 s window after the slowdown from which every
-later 2 s window (sliding by 1 s) is below the threshold, so ±1 s. Single seconds are too
-noisy at ~20 dispatches each to decide on their own. ``None`` means it did not happen
-within the run.
+*Fair share* is the straggler's share of the fleet's measured capacity before the slowdown
+(an h100 holds ~29% of a 2xh100/2xa100/2xl4 fleet; an equal 1/N split is not fair to a
+heterogeneous fleet). After a xF slowdown its capacity share falls to ``ideal_after`` (~12%
+for x3), below half its fair share, so a policy that tracks capacity crosses the threshold.
+Traffic has *moved off* at the first second T after the slowdown from which the straggler's
+share is below half its fair share both over [T, T+2) and over everything from T to the end
+of the arrivals: single seconds (~20 dispatches each) are too noisy to decide on alone.
+``None`` means it never happened within the run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,11 +29,13 @@ class StragglerReport:
     policy: str
     backend: str
     factor: float
-    share_before: float | None  # from the end of the warm-up to the slowdown
-    share_first_5s: float | None  # the 5 s after the slowdown
+    fair_share: float  # the straggler's share of the measured capacity, before the slowdown
+    ideal_after: float  # its capacity share once slowed
+    share_before: float | None  # of dispatches, from the end of the warm-up to the slowdown
+    share_0_2s: float | None  # the first 2 s after the slowdown
+    share_2_5s: float | None
     share_last_5s: float | None  # the last 5 s of arrivals
-    threshold: float | None  # share_before / 2
-    seconds_to_move: float | None
+    seconds_to_move: float | None  # until its share < fair_share / 2 (see the module doc)
     per_second: tuple[tuple[float, float | None, int], ...]  # (bin start - slowdown, share, n)
 
     def as_dict(self) -> dict[str, Any]:
@@ -44,21 +47,24 @@ def _share(dispatches: list[tuple[float, bool]], start: float, end: float) -> fl
     return sum(inside) / len(inside) if inside else None
 
 
-def _reaction(
+def _below(share: float | None, threshold: float) -> bool:
+    return share is not None and share < threshold
+
+
+def _moved_off(
     dispatches: list[tuple[float, bool]], t_slow: float, end: float, threshold: float
 ) -> float | None:
-    starts = [t_slow + k for k in range(int(end - t_slow) - 1)]  # whole 2 s windows only
-    below = []
-    for start in starts:
-        share = _share(dispatches, start, start + 2)
-        below.append(share is not None and share < threshold)
-    for i in range(len(below)):
-        if all(below[i:]):
-            return starts[i] + 1.0 - t_slow
+    for k in range(int(end - t_slow) - 1):
+        start = t_slow + k
+        if _below(_share(dispatches, start, start + 2), threshold) and _below(
+            _share(dispatches, start, end), threshold
+        ):
+            return float(k)
     return None
 
 
-def analyse_straggler(run: RunData) -> StragglerReport:
+def analyse_straggler(run: RunData, capacity: Mapping[str, float]) -> StragglerReport:
+    """``capacity``: output tokens per second per backend id, measured before the run."""
     spec = run.spec
     straggler = spec.straggler
     if straggler is None:
@@ -77,18 +83,20 @@ def analyse_straggler(run: RunData) -> StragglerReport:
         inside = [slow for t, slow in dispatches if start <= t < start + 1]
         bins.append((float(k), sum(inside) / len(inside) if inside else None, len(inside)))
         k += 1
-    before = _share(dispatches, spec.warmup, t_slow)
-    threshold = before / 2 if before else None
+    own = capacity[straggler.backend]
+    total = sum(capacity.values())
+    fair = own / total
+    slowed = own / straggler.factor
     return StragglerReport(
         policy=spec.policy,
         backend=straggler.backend,
         factor=straggler.factor,
-        share_before=before,
-        share_first_5s=_share(dispatches, t_slow, t_slow + 5),
+        fair_share=fair,
+        ideal_after=slowed / (total - own + slowed),
+        share_before=_share(dispatches, spec.warmup, t_slow),
+        share_0_2s=_share(dispatches, t_slow, t_slow + 2),
+        share_2_5s=_share(dispatches, t_slow + 2, t_slow + 5),
         share_last_5s=_share(dispatches, end - 5, end),
-        threshold=threshold,
-        seconds_to_move=None
-        if threshold is None
-        else _reaction(dispatches, t_slow, end, threshold),
+        seconds_to_move=_moved_off(dispatches, t_slow, end, fair / 2),
         per_second=tuple(bins),
     )

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from .capacity import Capacity, fill_seconds, measure_capacity, saturating_concurrency
 from .client import HttpTarget
 from .fleet import UPSTREAM_MODEL, Fleet, FleetSpec
@@ -24,7 +26,7 @@ from .procs import ChildProcesses
 from .runner import RunSpec, StragglerSpec, Timing, run_open_loop
 from .stats import RunSummary, summarize
 from .straggler import StragglerReport, analyse_straggler
-from .workload import Priming, build_schedule
+from .workload import Priming, Schedule, build_schedule, prefix_profile
 
 __all__ = [
     "DEFAULT_POLICIES",
@@ -103,6 +105,9 @@ class SweepResult:
     capacities: dict[str, Capacity] = field(default_factory=dict)
     summaries: list[RunSummary] = field(default_factory=list)
     stragglers: list[StragglerReport] = field(default_factory=list)
+    # "W2/poisson/80%" -> (shared system prompt share, ideal affinity hit rate) of the
+    # measured requests' prompt tokens (workload.prefix_profile)
+    prefix_profiles: dict[str, tuple[float, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
 
@@ -143,10 +148,22 @@ def _run_sim_seconds(config: SweepConfig, scenario: Scenario) -> float:
     return config.warmup + window + 3.0  # a typical drain
 
 
+def _capacity_plan(config: SweepConfig, workload: str) -> tuple[Schedule, dict[str, int], float]:
+    """The requests, streams per profile and warm-up of one capacity measurement."""
+    # The rate only shapes W2's conversations; the closed loop ignores arrival times.
+    schedule = build_schedule(
+        workload, "poisson", 30.0, 60.0, config.seed, UPSTREAM_MODEL, f"cap-{workload}"
+    )
+    concurrency = saturating_concurrency(schedule, config.profiles)
+    warmup = max(config.capacity_warmup, fill_seconds(schedule, concurrency) + 1.0)
+    return schedule, concurrency, warmup
+
+
 def estimate_wall_seconds(config: SweepConfig) -> float:
     workloads = {s.workload for s in config.scenarios}
-    capacity = len(workloads) * (
-        (config.capacity_warmup + config.capacity_window) * config.time_scale + 2.0
+    capacity = sum(
+        (_capacity_plan(config, w)[2] + config.capacity_window) * config.time_scale + 2.0
+        for w in workloads
     )
     runs = sum(
         _run_sim_seconds(config, s) * config.time_scale + 2.5 for s in config.scenarios
@@ -234,7 +251,9 @@ async def run_sweep(
         for policy in policies:
             for scenario in config.scenarios:
                 run_no += 1
-                spec = _run_spec(config, policy, scenario, result.capacities[scenario.workload])
+                capacity = result.capacities[scenario.workload]
+                spec = _run_spec(config, policy, scenario, capacity)
+                per_backend = capacity.per_backend
                 needed = _run_sim_seconds(config, scenario) * config.time_scale + 2.5
                 if time.monotonic() - started + needed > config.budget:
                     note = f"skipped {spec.label}: the {config.budget:.0f} s budget is spent"
@@ -242,15 +261,20 @@ async def run_sweep(
                     log(f"note: {note}")
                     continue
                 try:
-                    summary, straggler = await _one_run(
-                        config, spec, fleet, children, logs, timing, run_no
+                    summary, straggler, profile = await _one_run(
+                        config, spec, fleet, children, logs, timing, run_no, per_backend
                     )
-                except GatewayStartError as exc:
-                    note = f"skipped {spec.label}: {exc}"
+                except (GatewayStartError, httpx.HTTPError, OSError) as exc:
+                    # One broken run (a gateway that would not start, a backend that did not
+                    # answer its test endpoint) is reported and the sweep goes on.
+                    note = f"run {spec.label} failed: {type(exc).__name__}: {exc}"
                     result.notes.append(note)
                     log(f"note: {note}")
                     continue
                 result.summaries.append(summary)
+                if profile != (0.0, 0.0):
+                    key = f"{spec.workload}/{spec.arrival}/{spec.load:.0%}"
+                    result.prefix_profiles[key] = profile
                 if straggler is not None:
                     result.stragglers.append(straggler)
                 log(_progress(summary, straggler))
@@ -269,12 +293,7 @@ async def _measure_capacities(
     log: Callable[[str], None],
 ) -> None:
     for workload in sorted({s.workload for s in config.scenarios}):
-        # The rate only shapes W2's conversations; the closed loop ignores arrival times.
-        schedule = build_schedule(
-            workload, "poisson", 30.0, 60.0, config.seed, UPSTREAM_MODEL, f"cap-{workload}"
-        )
-        concurrency = saturating_concurrency(schedule, config.profiles)
-        warmup = max(config.capacity_warmup, fill_seconds(schedule, concurrency) + 1.0)
+        schedule, concurrency, warmup = _capacity_plan(config, workload)
         capacity = await measure_capacity(
             fleet, schedule, concurrency, timing, warmup, config.capacity_window
         )
@@ -295,7 +314,9 @@ async def _one_run(
     logs: Path,
     timing: Timing,
     run_no: int,
-) -> tuple[RunSummary, StragglerReport | None]:
+    capacity: dict[str, float],
+) -> tuple[RunSummary, StragglerReport | None, tuple[float, float]]:
+    """One run with a fresh gateway; its summary, straggler report and prefix profile."""
     window = spec.warmup + spec.window
     schedule = build_schedule(
         spec.workload,
@@ -329,7 +350,8 @@ async def _one_run(
     finally:
         children.stop(gateway.process)
     summary = summarize(data)
-    return summary, analyse_straggler(data) if spec.straggler else None
+    straggler = analyse_straggler(data, capacity) if spec.straggler else None
+    return summary, straggler, prefix_profile(schedule, spec.warmup)
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -348,7 +370,8 @@ def _progress(s: RunSummary, straggler: StragglerReport | None) -> str:
     if straggler is not None:
         line += (
             f"; straggler share {_fmt(straggler.share_before)} -> "
-            f"{_fmt(straggler.share_last_5s)}, moved off in {_fmt(straggler.seconds_to_move, 0)} s"
+            f"{_fmt(straggler.share_last_5s)} (fair {straggler.fair_share:.2f}), "
+            f"below fair/2 after {_fmt(straggler.seconds_to_move, 0)} s"
         )
     return line
 

@@ -13,12 +13,14 @@ its output length (``max_tokens`` with vLLM's ``ignore_eos``).
 Workloads:
 
 * **W1** - independent requests, no shared prefixes (each prompt opens with a unique tag).
-* **W2** - prefix-heavy chat: a few long system prompts (Zipf popularity) shared by many
-  users; multi-turn conversations that re-send their whole history each turn (the previous
-  reply is stood in for by filler of its length: the engine's prefix cache only ever holds
-  prompt blocks, so the reply's text does not matter). A conversation's next turn becomes
-  ready a think time after its previous turn's expected end; each arrival continues the
-  conversation that has been ready longest, or opens a new one.
+* **W2** - prefix-heavy chat: 4 system prompts of 300-1000 tokens (Zipf popularity) shared
+  by every user; conversations of 2-12 turns (mean ~6) that re-send their whole history each
+  turn (the previous reply is stood in for by filler of its length: the engine's prefix cache
+  only ever holds prompt blocks, so the reply's text does not matter). A conversation's next
+  turn is ready 1 + Exp(3) s after its previous one; each arrival continues the conversation
+  that has been ready longest, or opens a new one. :func:`prefix_profile` says how much of
+  the prompt tokens are shared system prompt and how many an ideal affinity router could
+  serve from cache.
 * **W3** - mixed: 80% short chat turns (prompt mean 80) and 20% long-document requests
   (prompt mean 2500, up to 6000 tokens, output mean 200): head-of-line blocking by prefill.
 
@@ -46,6 +48,7 @@ __all__ = [
     "Schedule",
     "arrival_times",
     "build_schedule",
+    "prefix_profile",
 ]
 
 ARRIVALS = ("poisson", "gamma")
@@ -225,6 +228,12 @@ def _w3(times: list[float], salt: str, rng: random.Random, model: str) -> list[P
     return out
 
 
+# A conversation ends before its history passes this many tokens, so that the longest turn
+# (history + a user message of at most 1024 + an output of at most 1024) fits max_model_len
+# 8192 and an l4's 16384-token KV cache.
+_W2_MAX_HISTORY = 6000
+
+
 @dataclass(slots=True)
 class _Conversation:
     ident: int
@@ -234,13 +243,14 @@ class _Conversation:
 
 def _w2(times: list[float], salt: str, rng: random.Random, model: str) -> list[PlannedRequest]:
     text = _Text(rng)
-    system_lengths = [rng.randint(400, 1200) for _ in range(6)]
+    system_lengths = [rng.randint(300, 1000) for _ in range(4)]
     systems = [
         text.message(f"[{salt}:system {k}] ", n, "system") for k, n in enumerate(system_lengths)
     ]
     weights = [1.0 / (k + 1) for k in range(len(systems))]  # Zipf popularity
     cumulative = [sum(weights[: k + 1]) for k in range(len(weights))]
-    user, output = SHAREGPT_PROMPT.sampler(rng), SHAREGPT_OUTPUT.sampler(rng)
+    user = LengthDist(160, 1.1, 4, 1024).sampler(rng)
+    output = SHAREGPT_OUTPUT.sampler(rng)
     ready: list[tuple[float, int, _Conversation]] = []  # (ready at, id, conversation)
     out: list[PlannedRequest] = []
     next_id = 0
@@ -249,7 +259,7 @@ def _w2(times: list[float], salt: str, rng: random.Random, model: str) -> list[P
             _, _, conv = heapq.heappop(ready)
         else:
             k = bisect.bisect_left(cumulative, rng.random() * cumulative[-1])
-            turns = min(8, 1 + int(rng.expovariate(1 / 3.0)))  # mean about 4 turns
+            turns = min(12, 2 + int(rng.expovariate(1 / 4.0)))  # 2 to 12, mean about 6
             conv = _Conversation(next_id, [{"role": "system", "content": systems[k]}], turns)
             next_id += 1
         tag = f"[{salt}:c{conv.ident}:t{len(conv.messages) // 2}] "
@@ -260,15 +270,37 @@ def _w2(times: list[float], salt: str, rng: random.Random, model: str) -> list[P
             PlannedRequest(at, _body(messages, n, model), _prompt_tokens(messages), n, conv.ident)
         )
         conv.turns_left -= 1
-        if conv.turns_left > 0:
+        if conv.turns_left > 0 and _prompt_tokens(messages) + n <= _W2_MAX_HISTORY:
             conv.messages.append({"role": "assistant", "content": text.message("", n, "assistant")})
-            # The next turn: after this reply would stream at ~30 ms/token, plus think time.
-            think = 0.5 + 0.03 * n + rng.expovariate(1 / 8.0)
-            heapq.heappush(ready, (at + think, conv.ident, conv))
+            # Compressed time: the next turn comes 1 + Exp(3) s after this one, whether or not
+            # the reply has finished streaming, so that conversations reach several turns
+            # within a run of ~20 s. The engine caches prompt blocks only, so what the next
+            # turn can reuse (this turn's prompt) is the same either way.
+            heapq.heappush(ready, (at + 1.0 + rng.expovariate(1 / 3.0), conv.ident, conv))
     return out
 
 
 _BUILDERS = {"W1": _w1, "W2": _w2, "W3": _w3}
+
+
+def prefix_profile(schedule: Schedule, since: float = 0.0) -> tuple[float, float]:
+    """For requests arriving at or after ``since``: the share of prompt tokens that are a
+    shared system prompt, and the share an ideal router (every conversation on one backend,
+    unbounded cache) could serve from cache (the longer of the system prompt and the
+    conversation's previous prompt). Both 0 for workloads without conversations."""
+    total = system = reusable = 0
+    previous: dict[int, int] = {}
+    for plan in sorted(schedule.requests, key=lambda r: r.at):
+        if plan.session < 0:
+            continue
+        messages = orjson.loads(plan.body)["messages"]
+        shared = _prompt_tokens(messages[:1]) if messages[0]["role"] == "system" else 0
+        if plan.at >= since:
+            total += plan.prompt_tokens
+            system += shared
+            reusable += max(shared, previous.get(plan.session, 0))
+        previous[plan.session] = plan.prompt_tokens
+    return (system / total, reusable / total) if total else (0.0, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
