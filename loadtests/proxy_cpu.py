@@ -93,6 +93,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--policy", default="auto", help="routing preset of the benchmark model")
     parser.add_argument(
         "--stream", action="store_true", help="streamed chat (8 chunks) instead of JSON"
     )
@@ -103,7 +104,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yaml"
         config.write_text(
-            "models:\n  - name: bench\n    deployments:\n"
+            f"models:\n  - name: bench\n    policy: {args.policy}\n    deployments:\n"
             f"      - {{id: upstream, base_url: 'http://127.0.0.1:{upstream_port}/v1', model: bench}}\n"
         )
         body = '{"model": "bench", "messages": [{"role": "user", "content": "ping"}]'
