@@ -227,12 +227,17 @@ class Generator:
         if params.include_usage:
             head["usage"] = None
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-        if params.chat:  # vLLM opens every choice with a role-only delta
-            first = [
+        # vLLM opens every choice with a role-only delta, sent with the first engine output
+        # (after queueing and prefill), not when the request arrives: a gateway timing the
+        # first byte must see the real time to first token.
+        opening = (
+            [
                 wire.sse(wire.chat_chunk(head, p.index, {"role": "assistant", "content": ""}, None))
                 for p in plans
             ]
-            await send({"type": "http.response.body", "body": b"".join(first), "more_body": True})
+            if params.chat
+            else []
+        )
         sent = [0] * len(requests)
         budget = die_after
         while True:
@@ -248,6 +253,9 @@ class Generator:
                         budget -= 1
             if disconnect.gone:
                 return Outcome.ABORTED
+            if parts and opening:
+                parts = opening + parts
+                opening = []
             if parts:
                 await send(
                     {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
@@ -268,6 +276,7 @@ class Generator:
             if (params.include_usage)
             else []
         )
+        tail = opening + tail  # no token at all was generated: still open the choices
         tail.append(wire.DONE)
         await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
         return Outcome.COMPLETED
