@@ -8,7 +8,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -20,28 +19,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from aigw.api import admin, routes
 from aigw.api.middleware import EdgeMiddleware
 from aigw.api.openai import ProxyEndpoint
+from aigw.api.state import AppState
 from aigw.config import GatewayConfig
 from aigw.gateway import Gateway
 from aigw.policies.filters import MODEL_AWARE_FILTERS
-from aigw.providers import Endpoint
 from aigw.routing.context import ContextBuilder
 from aigw.routing.router import Router
 from aigw.routing.scraper import MetricsScraper
 from aigw.tokens import load_counter
+from aigw.types import Endpoint
 from aigw.upstream import UpstreamPool
 
-__all__ = ["AppState", "create_app"]
+__all__ = ["create_app"]
 
 log = logging.getLogger("aigw")
-
-
-@dataclass(frozen=True, slots=True)
-class AppState:
-    """Everything a request handler may use, built once in the lifespan."""
-
-    config: GatewayConfig
-    gateway: Gateway
-    started_at: int
 
 
 def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:

@@ -90,7 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from aigw.app import create_app
-    from aigw.config import load_config
+    from aigw.configfile import load_config
 
     config = load_config(args.config)
     uvicorn.run(
@@ -141,7 +141,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from aigw.config import load_config
+    from aigw.configfile import load_config
 
     config = load_config(args.file)
     print(f"ok: {args.file}")

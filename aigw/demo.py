@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aigw.app import create_app
-from aigw.config import parse_config
+from aigw.configfile import parse_config
 from aigw.serving import bind, serve_together
 from aigw.sim.server import BackendSettings
 from aigw.sim.server import create_app as create_backend

@@ -28,11 +28,11 @@ from aigw.errors import (
     UpstreamConnectionError,
     UpstreamStatusError,
 )
-from aigw.policies import RouteContext
-from aigw.providers import Endpoint, StreamTranslator
-from aigw.routing.context import ContextBuilder, RequestMeta
-from aigw.routing.deployment import Deployment
+from aigw.fleet.deployment import Deployment
+from aigw.providers import StreamTranslator
+from aigw.routing.context import ContextBuilder
 from aigw.routing.router import Router
+from aigw.types import Endpoint, RequestMeta, RouteContext
 from aigw.upstream import UpstreamPool, transport_errors
 
 __all__ = ["Gateway", "Reply", "UpstreamStream"]

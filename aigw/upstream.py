@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from aigw.errors import UpstreamConnectionError, UpstreamTimeoutError
-from aigw.routing.deployment import Deployment
+from aigw.fleet.deployment import Deployment
 
 __all__ = ["UpstreamPool", "transport_errors"]
 

@@ -7,7 +7,7 @@ weighted scorers, then a picker. :data:`POLICIES` is the name -> preset table;
 
 from __future__ import annotations
 
-from aigw.policies.base import Filter, Picker, Policy, RouteContext, Scorer
+from aigw.policies.base import Filter, Picker, Policy, Scorer
 from aigw.policies.filters import FILTERS, MODEL_AWARE_FILTERS
 from aigw.policies.pickers import PICKERS
 from aigw.policies.presets import PRESETS, Preset, make_policy, policy_problems
@@ -23,7 +23,6 @@ __all__ = [
     "Picker",
     "Policy",
     "Preset",
-    "RouteContext",
     "Scorer",
     "make_policy",
     "policy_problems",

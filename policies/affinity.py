@@ -21,9 +21,9 @@ import hashlib
 import math
 from collections.abc import Sequence
 
-from aigw.policies.base import RouteContext
+from aigw.fleet.deployment import Deployment
 from aigw.policies.load import Load, LoadEstimator
-from aigw.routing.deployment import Deployment
+from aigw.types import RouteContext
 
 __all__ = [
     "PrefixAffinityScorer",

@@ -21,13 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aigw.config import ModelConfig
-from aigw.policies.base import Picker, RouteContext, Scorer
+from aigw.fleet.deployment import Deployment
+from aigw.policies.base import Picker, Scorer
 from aigw.policies.kit import ScorerKit, relative
 from aigw.policies.policy import record_scores, row_maker, weighted_totals
 from aigw.policies.predict import TtftPredictor
 from aigw.policies.scorers import request_price
 from aigw.policies.tuning import Tuning
-from aigw.routing.deployment import Deployment
+from aigw.types import RouteContext
 
 __all__ = ["AutoPolicy", "Spillover"]
 

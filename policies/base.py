@@ -7,33 +7,13 @@ state (``deployment.state``: in-flight, EWMAs, last engine snapshot) and nothing
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
-from aigw.providers.base import Endpoint
-from aigw.routing.deployment import Deployment
+from aigw.fleet.deployment import Deployment
+from aigw.types import RouteContext
 
 __all__ = ["Filter", "Picker", "Policy", "RouteContext", "Scorer"]
-
-
-@dataclass(frozen=True, slots=True)
-class RouteContext:
-    """What a policy may know about the request being routed."""
-
-    endpoint: Endpoint
-    model: str
-    body: Mapping[str, Any]
-    now: float = 0.0  # event-loop time of the decision
-    prompt_tokens: int = 0  # estimated with tiktoken (or 4 chars/token without encodings)
-    max_tokens: int | None = None  # requested output budget, if any
-    prefix_blocks: tuple[int, ...] = ()  # chained prompt-prefix block hashes (aigw.routing.prefix)
-    affinity_key: int | None = None  # hash of the conversation's opening blocks
-    hash_key: str | None = None  # x-aigw-hash-key header, else the body's `user`, else client IP
-    region: str | None = None  # x-aigw-region header
-    tags: frozenset[str] = frozenset()  # x-aigw-tags header, comma-separated
-    adapter: str | None = None  # LoRA adapter the model needs
-    request_id: str | None = None  # the x-request-id, forwarded upstream for tracing
 
 
 class Filter(Protocol):

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from aigw.config import ModelConfig, parse_config
-from aigw.policies import POLICIES, Policy, RouteContext, make_policy
-from aigw.providers import Endpoint, make_provider
-from aigw.routing.deployment import Deployment, DeploymentState
-from aigw.routing.prefix import PrefixLRU
-from aigw.routing.signals import EngineSnapshot
+from aigw.config import GatewayConfig, ModelConfig
+from aigw.fleet.deployment import Deployment, DeploymentState
+from aigw.fleet.prefix import PrefixLRU
+from aigw.fleet.signals import EngineSnapshot
+from aigw.policies import POLICIES, Policy, make_policy
+from aigw.providers import make_provider
+from aigw.types import Endpoint, RouteContext
 
 __all__ = ["build_fleet", "main", "time_policy"]
 
@@ -53,7 +54,7 @@ def build_fleet(rng: random.Random) -> tuple[ModelConfig, list[Deployment], Rout
         for i in range(CLOUDS)
     ]
     raw = {"models": [{"name": "m", "slo_ttft_ms": 800, "deployments": specs}]}
-    model = parse_config(raw).models[0]
+    model = GatewayConfig.model_validate(raw).models[0]
     blocks = tuple(rng.getrandbits(64) for _ in range(40))
     deployments = []
     for dep in model.deployments:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aigw.policies.base import Filter, RouteContext
-from aigw.routing.deployment import Deployment
+from aigw.fleet.deployment import Deployment
+from aigw.policies.base import Filter
+from aigw.types import RouteContext
 
 __all__ = [
     "FILTERS",

@@ -18,10 +18,10 @@ import random
 from bisect import bisect_left
 from collections.abc import Sequence
 
+from aigw.fleet.deployment import Deployment
 from aigw.policies.affinity import bounded_capacity, mix64, stable_hash64
-from aigw.policies.base import RouteContext
 from aigw.policies.tuning import Tuning
-from aigw.routing.deployment import Deployment
+from aigw.types import RouteContext
 
 __all__ = ["ConsistentHashPicker", "HashRing"]
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from aigw.fleet.deployment import Deployment
 from aigw.policies.tuning import Tuning
-from aigw.routing.deployment import Deployment
 
 __all__ = ["Load", "LoadEstimator", "estimate_load"]
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from aigw.policies.base import Picker, RouteContext
+from aigw.fleet.deployment import Deployment
+from aigw.policies.base import Picker
 from aigw.policies.hashring import ConsistentHashPicker
 from aigw.policies.tuning import Tuning
-from aigw.routing.deployment import Deployment
+from aigw.types import RouteContext
 
 __all__ = [
     "PICKERS",

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from aigw.policies.base import Picker, RouteContext, Scorer
+from aigw.fleet.deployment import Deployment
+from aigw.policies.base import Picker, Scorer
 from aigw.policies.load import LoadEstimator
-from aigw.routing.deployment import Deployment
+from aigw.types import RouteContext
 
 __all__ = ["PickerPolicy", "ScoredPolicy", "record_scores", "row_maker", "weighted_totals"]
 

@@ -38,12 +38,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from aigw.fleet.deployment import Deployment
 from aigw.policies.affinity import affinity_overlaps
-from aigw.policies.base import RouteContext
 from aigw.policies.kit import ScorerKit, relative
 from aigw.policies.load import Load
 from aigw.policies.tuning import Tuning
-from aigw.routing.deployment import Deployment
+from aigw.types import RouteContext
 
 __all__ = ["TtftPredictor", "TtftScorer", "predict_ttft"]
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from aigw.fleet.deployment import Deployment
 from aigw.policies.affinity import PrefixAffinityScorer
-from aigw.policies.base import RouteContext, Scorer
+from aigw.policies.base import Scorer
 from aigw.policies.kit import ScorerKit, relative
 from aigw.policies.load import LoadEstimator
 from aigw.policies.predict import TtftScorer
 from aigw.policies.tuning import Tuning
-from aigw.routing.deployment import Deployment
+from aigw.types import RouteContext
 
 __all__ = [
     "SCORERS",

@@ -5,17 +5,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from aigw.providers.base import Endpoint, Provider, StreamTranslator, UpstreamRequest
+from aigw.providers.base import Provider, StreamTranslator
 
 if TYPE_CHECKING:
     from aigw.config import DeploymentConfig
 
 __all__ = [
     "PROVIDERS",
-    "Endpoint",
     "Provider",
     "StreamTranslator",
-    "UpstreamRequest",
     "make_provider",
 ]
 

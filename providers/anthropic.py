@@ -46,8 +46,8 @@ import orjson
 from aigw.config import DeploymentConfig
 from aigw.errors import InvalidRequestError, UpstreamStatusError
 from aigw.providers.anthropic_request import DEFAULT_MAX_TOKENS, to_anthropic_request
-from aigw.providers.base import Endpoint, UpstreamRequest
 from aigw.sse import DONE, ServerSentEvent, SSEDecoder
+from aigw.types import Endpoint, UpstreamRequest
 
 __all__ = [
     "ANTHROPIC_VERSION",

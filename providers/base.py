@@ -9,31 +9,12 @@ to :meth:`Provider.parse_response`, :meth:`Provider.stream_translator` or
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
 from aigw.errors import UpstreamStatusError
+from aigw.types import Endpoint, UpstreamRequest
 
-__all__ = ["Endpoint", "Provider", "StreamTranslator", "UpstreamRequest"]
-
-
-class Endpoint(StrEnum):
-    """The OpenAI API operations the gateway proxies; values are paths below ``/v1/``."""
-
-    CHAT = "chat/completions"
-    COMPLETIONS = "completions"
-    EMBEDDINGS = "embeddings"
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamRequest:
-    """One HTTP POST to an upstream: where, with which headers, which body bytes."""
-
-    url: str
-    headers: Mapping[str, str]
-    body: bytes
+__all__ = ["Provider", "StreamTranslator"]
 
 
 class StreamTranslator(Protocol):

@@ -13,7 +13,7 @@ import orjson
 
 from aigw.config import DeploymentConfig
 from aigw.errors import UpstreamStatusError
-from aigw.providers.base import Endpoint, UpstreamRequest
+from aigw.types import Endpoint, UpstreamRequest
 
 __all__ = ["OpenAIProvider", "PassthroughStream", "parse_openai_error"]
 

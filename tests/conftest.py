@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from aigw.app import create_app
-from aigw.config import parse_config
+from aigw.configfile import parse_config
 from aigw.sim.server import BackendSettings, Faults
 from aigw.sim.server import create_app as create_backend
 from tests.servers import ThreadedServer, serve_in_thread

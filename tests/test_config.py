@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from aigw.config import load_config, parse_config
+from aigw.configfile import load_config, parse_config
 from aigw.errors import ConfigError
 
 CONFIGS = Path(__file__).parent.parent / "configs"

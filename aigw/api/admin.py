@@ -15,10 +15,10 @@ from starlette.responses import Response
 
 from aigw.api.routes import error_response
 from aigw.errors import AuthenticationError, NotFoundError
-from aigw.routing.deployment import Deployment
+from aigw.fleet.deployment import Deployment
 
 if TYPE_CHECKING:
-    from aigw.app import AppState
+    from aigw.api.state import AppState
 
 __all__ = ["list_deployments", "set_draining"]
 

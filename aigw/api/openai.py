@@ -22,11 +22,10 @@ from aigw.api.asgi import (
 )
 from aigw.api.validation import VALIDATORS, parse_body
 from aigw.errors import GatewayError
-from aigw.providers import Endpoint
-from aigw.routing.context import RequestMeta
+from aigw.types import Endpoint, RequestMeta
 
 if TYPE_CHECKING:
-    from aigw.app import AppState
+    from aigw.api.state import AppState
 
 __all__ = ["ProxyEndpoint"]
 

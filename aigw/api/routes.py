@@ -12,7 +12,7 @@ from starlette.responses import Response
 from aigw.errors import GatewayError, MethodNotAllowedError, NotFoundError
 
 if TYPE_CHECKING:
-    from aigw.app import AppState
+    from aigw.api.state import AppState
 
 __all__ = ["error_response", "healthz", "http_exception", "list_models", "readyz", "retrieve_model"]
 

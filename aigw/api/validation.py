@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from aigw.errors import InvalidRequestError
-from aigw.providers import Endpoint
+from aigw.types import Endpoint
 
 __all__ = ["VALIDATORS", "parse_body"]
 

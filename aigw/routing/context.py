@@ -11,53 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aigw.policies.base import RouteContext
-from aigw.providers.base import Endpoint
-from aigw.routing.prefix import prefix_blocks
+from aigw.fleet.prefix import prefix_blocks
 from aigw.tokens import TokenCounter
+from aigw.types import Endpoint, RequestMeta, RouteContext
 
-__all__ = ["ContextBuilder", "RequestMeta"]
+__all__ = ["ContextBuilder"]
 
 _CHARS_PER_TOKEN = 4
 _OPENING_BLOCKS_MAX = 8  # the affinity key covers at most this many leading blocks
-
-
-class RequestMeta:
-    """The parts of the HTTP request (not its body) that routing may use."""
-
-    __slots__ = ("client_ip", "hash_key", "region", "request_id", "tags")
-
-    def __init__(
-        self,
-        hash_key: str | None = None,
-        region: str | None = None,
-        tags: frozenset[str] = frozenset(),
-        client_ip: str | None = None,
-        request_id: str | None = None,
-    ) -> None:
-        self.hash_key = hash_key
-        self.region = region
-        self.tags = tags
-        self.client_ip = client_ip
-        self.request_id = request_id
-
-    @classmethod
-    def from_scope(cls, scope: Mapping[str, Any]) -> RequestMeta:
-        hash_key = region = None
-        tags: frozenset[str] = frozenset()
-        for name, value in scope["headers"]:
-            if not name.startswith(b"x-aigw-"):
-                continue
-            if name == b"x-aigw-hash-key":
-                hash_key = value.decode("latin-1")
-            elif name == b"x-aigw-region":
-                region = value.decode("latin-1").strip()
-            elif name == b"x-aigw-tags":
-                tags = frozenset(t.strip() for t in value.decode("latin-1").split(",") if t.strip())
-        client = scope.get("client")
-        return cls(
-            hash_key, region, tags, client[0] if client else None, scope.get("aigw.request_id")
-        )
 
 
 class ContextBuilder:

@@ -15,11 +15,13 @@ import aiohttp
 
 from aigw.config import DeploymentConfig, GatewayConfig, ModelConfig, RoutingConfig
 from aigw.errors import InvalidRequestError, ServiceUnavailableError
-from aigw.policies import Policy, RouteContext, make_policy
+from aigw.fleet.deployment import Deployment, DeploymentState
+from aigw.fleet.prefix import PrefixLRU
+from aigw.policies import Policy, make_policy
 from aigw.policies.base import Filter
-from aigw.providers import Endpoint, make_provider
-from aigw.routing.deployment import Deployment, DeploymentState, OutlierDetector
-from aigw.routing.prefix import PrefixLRU
+from aigw.providers import make_provider
+from aigw.routing.health import OutlierDetector
+from aigw.types import Endpoint, RouteContext
 
 __all__ = ["ModelRoute", "Router", "build_deployment"]
 

@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterable
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from aigw.routing.deployment import Deployment
-from aigw.routing.signals import EngineSnapshot
+from aigw.fleet.deployment import Deployment
+from aigw.fleet.signals import EngineSnapshot
 
 __all__ = ["MetricsScraper", "parse_engine_metrics"]
 

@@ -6,7 +6,7 @@ import pytest
 
 from aigw.api.validation import VALIDATORS, parse_body
 from aigw.errors import InvalidRequestError
-from aigw.providers import Endpoint
+from aigw.types import Endpoint
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
-from aigw.config import ModelConfig, parse_config
-from aigw.policies import Policy, RouteContext, make_policy
-from aigw.providers import Endpoint
-from aigw.routing.deployment import Deployment
+from aigw.config import ModelConfig
+from aigw.configfile import parse_config
+from aigw.fleet.deployment import Deployment
+from aigw.fleet.signals import EngineSnapshot
+from aigw.policies import Policy, make_policy
 from aigw.routing.router import build_deployment
-from aigw.routing.signals import EngineSnapshot
+from aigw.types import Endpoint, RouteContext
 
 
 def gpu(id: str, **extra: Any) -> dict[str, Any]:

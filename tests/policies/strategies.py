@@ -7,9 +7,9 @@ from typing import Any
 from hypothesis import strategies as st
 
 from aigw.config import ModelConfig
-from aigw.policies import RouteContext
-from aigw.routing.deployment import Deployment
-from aigw.routing.signals import EngineSnapshot
+from aigw.fleet.deployment import Deployment
+from aigw.fleet.signals import EngineSnapshot
+from aigw.types import RouteContext
 from tests.policies.conftest import cloud, fleet, gpu, request
 
 BLOCKS = tuple(range(1001, 1033))  # a pool of prefix block hashes

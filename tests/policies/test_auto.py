@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from aigw.routing.deployment import Deployment
+from aigw.fleet.deployment import Deployment
 from tests.policies.conftest import cloud, dispatch, fleet, gpu, gpus, policy, request, scrape
 
 BLOCKS = tuple(range(1, 17))

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from aigw.fleet.signals import EngineSnapshot
 from aigw.policies.load import Load, LoadEstimator, estimate_load
 from aigw.policies.tuning import Tuning
-from aigw.routing.signals import EngineSnapshot
 from tests.policies.conftest import fleet, gpu, gpus, scrape
 
 TUNING = Tuning()

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 
+from aigw.fleet.deployment import Deployment
 from aigw.policies.kit import ScorerKit
 from aigw.policies.load import estimate_load
 from aigw.policies.predict import TtftPredictor, TtftScorer, predict_ttft
 from aigw.policies.tuning import Tuning
-from aigw.routing.deployment import Deployment
 from tests.policies.conftest import cloud, fleet, gpu, gpus, request, scrape
 
 T = Tuning()

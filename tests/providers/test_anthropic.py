@@ -22,8 +22,8 @@ from aigw.providers.anthropic import (
     AnthropicProvider,
     AnthropicStream,
 )
-from aigw.providers.base import Endpoint
 from aigw.sse import SSEDecoder
+from aigw.types import Endpoint
 from tests.fakes.anthropic import MESSAGE_ID, create_fake_anthropic
 from tests.servers import ThreadedServer, serve_in_thread
 

@@ -4,9 +4,9 @@ from typing import Any
 
 import pytest
 
-from aigw.providers import Endpoint
-from aigw.routing.context import ContextBuilder, RequestMeta
+from aigw.routing.context import ContextBuilder
 from aigw.tokens import TokenCounter
+from aigw.types import Endpoint, RequestMeta
 
 
 class CountingEncoding:

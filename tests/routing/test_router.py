@@ -4,11 +4,12 @@ import random
 
 import pytest
 
-from aigw.config import HealthConfig, parse_config
-from aigw.policies import RouteContext
-from aigw.providers import Endpoint
-from aigw.routing.deployment import DeploymentState, OutlierDetector
+from aigw.config import HealthConfig
+from aigw.configfile import parse_config
+from aigw.fleet.deployment import DeploymentState
+from aigw.routing.health import OutlierDetector
 from aigw.routing.router import Router
+from aigw.types import Endpoint, RouteContext
 
 
 class Clock:

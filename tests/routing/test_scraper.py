@@ -6,7 +6,7 @@ import httpx
 import pytest
 import respx
 
-from aigw.config import parse_config
+from aigw.configfile import parse_config
 from aigw.routing.router import Router
 from aigw.routing.scraper import MetricsScraper, parse_engine_metrics
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from aigw.config import DeploymentConfig, HealthConfig
+from aigw.config import DeploymentConfig
+from aigw.fleet.prefix import PrefixLRU
+from aigw.fleet.signals import EngineSnapshot, Ewma, PeakEwma
 from aigw.providers.base import Provider
-from aigw.routing.prefix import PrefixLRU
-from aigw.routing.signals import EngineSnapshot, Ewma, PeakEwma
 
-__all__ = ["Deployment", "DeploymentState", "OutlierDetector"]
+__all__ = ["Deployment", "DeploymentState"]
 
 
 @dataclass(slots=True)
@@ -69,36 +69,3 @@ class Deployment:
     def at_capacity(self) -> bool:
         limit = self.config.max_concurrency
         return limit is not None and self.state.in_flight >= limit
-
-
-class OutlierDetector:
-    """Passive health: eject after N consecutive failures, with exponential back-off.
-
-    Like Envoy's consecutive-5xx outlier detection: an ejected deployment receives no traffic
-    until ``ejected_until``; the first request after that is a probe, and one more failure
-    ejects it again for twice as long (capped). One success resets the streak.
-    """
-
-    def __init__(self, config: HealthConfig) -> None:
-        self._threshold = config.consecutive_failures
-        self._base = config.base_ejection_seconds
-        self._max = config.max_ejection_seconds
-
-    def record_success(self, state: DeploymentState) -> None:
-        state.errors.add(0.0)
-        state.consecutive_failures = 0
-        state.ejections = 0
-        state.ejected_until = 0.0
-
-    def record_failure(self, state: DeploymentState, reason: str, now: float) -> None:
-        state.failures += 1
-        state.errors.add(1.0)
-        state.consecutive_failures += 1
-        state.last_error = reason
-        if state.consecutive_failures >= self._threshold or state.ejections:
-            state.ejected_until = now + min(self._max, self._base * 2**state.ejections)
-            state.ejections += 1
-
-    @staticmethod
-    def is_available(state: DeploymentState, now: float) -> bool:
-        return state.ejected_until <= now

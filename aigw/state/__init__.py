@@ -1,0 +1,1 @@
+"""Shared state: rate limits, admission (queue and slots), sessions; memory and Redis."""
