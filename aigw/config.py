@@ -23,7 +23,9 @@ __all__ = [
     "DeploymentConfig",
     "GatewayConfig",
     "HealthConfig",
+    "KeyConfig",
     "ModelConfig",
+    "QueueConfig",
     "ServerConfig",
     "StateConfig",
     "TimeoutsConfig",
@@ -48,9 +50,23 @@ class ServerConfig(_Strict):
 
 
 class StateConfig(_Strict):
+    """Where queues, limits and leases live: this process (memory) or a shared Redis."""
+
     backend: Literal["memory", "redis"] = "memory"
     url: str | None = None
+    # local: fall back to per-process state (logged loudly) and return to Redis by itself;
+    # reject: answer 503 while Redis is unreachable.
     on_redis_down: Literal["local", "reject"] = "local"
+    timeout_s: float = Field(0.5, gt=0, le=10)  # socket timeout of every Redis call
+    lease_ttl_s: float = Field(15.0, ge=1, le=600)  # a dead instance's slots return after this
+    key_prefix: str = Field("aigw:", min_length=1, max_length=64)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected a redis://, rediss:// or unix:// URL (got {value!r})")
+        return value
 
     @model_validator(mode="after")
     def _url_for_redis(self) -> StateConfig:
@@ -85,7 +101,9 @@ class DeploymentConfig(_Strict):
     api_key: SecretStr | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     metrics_url: str | None = None
-    max_concurrency: int | None = Field(None, gt=0)
+    max_concurrency: int | None = Field(None, gt=0)  # beyond it, requests queue
+    rpm: int | None = Field(None, gt=0)  # the upstream's own quota: routing skips it when spent
+    tpm: int | None = Field(None, gt=0)
     weight: float = Field(1.0, gt=0)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     # gpu: a self-hosted engine (scored from its metrics); cloud: a provider API (scored from
@@ -123,8 +141,18 @@ class SpilloverConfig(_Strict):
     max_cost_per_mtok: float | None = Field(None, ge=0)  # skip cloud deployments pricier than this
 
 
+class QueueConfig(_Strict):
+    """Requests wait here while every deployment of the model is at max_concurrency."""
+
+    max_size: int = Field(1000, ge=0, le=1_000_000)  # 0: never queue, answer 429 at once
+    timeout_s: float = Field(30.0, gt=0, le=3600)  # longest wait; the header may shorten it
+
+
 class ModelConfig(_Strict):
     name: str = Field(min_length=1)
+    queue: QueueConfig = Field(default_factory=lambda: QueueConfig())
+    rpm: int | None = Field(None, gt=0)  # every key's requests to this model together
+    tpm: int | None = Field(None, gt=0)
     fallbacks: list[str] = Field(default_factory=list)
     deployments: list[DeploymentConfig] = Field(min_length=1)
     # Predicted time to first token above which `auto` spills over to cloud deployments.
@@ -137,8 +165,32 @@ class ModelConfig(_Strict):
     policy: str | dict[str, Any] = "auto"
 
 
+class KeyConfig(_Strict):
+    """One client API key. ``name`` is what logs, metrics and admin output show."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    key: SecretStr | None = None
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # lowercase hex sha256
+    models: list[str] | None = None  # allow-list; absent: every model
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+    max_parallel: int | None = Field(None, gt=0)  # concurrent requests, across instances
+    priority: int = Field(0, ge=-1000, le=1000)  # higher is served first
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> KeyConfig:
+        has_key = self.key is not None and bool(self.key.get_secret_value())
+        if has_key == (self.key_sha256 is not None):
+            raise ValueError(
+                "expected exactly one of key (the secret, e.g. ${TEAM_A_KEY}) or key_sha256 "
+                "(its lowercase hex sha256)"
+                + ("; key is empty (is its environment variable set?)" if self.key else "")
+            )
+        return self
+
+
 class AuthConfig(_Strict):
-    keys: list[dict[str, Any]] = Field(default_factory=list)
+    keys: list[KeyConfig] = Field(default_factory=list)  # empty: an open gateway (warned)
     admin_key: SecretStr | None = None  # an empty value (e.g. ${AIGW_ADMIN_KEY:-}) means none
 
     @field_validator("admin_key")
@@ -152,6 +204,11 @@ class TokensConfig(_Strict):
     # TIKTOKEN_CACHE_DIR, then to a length-based estimate.
     encodings_dir: str | None = None
     encoding: str = "cl100k_base"
+    # true: never fetch an encoding; without a local file, counts stay 4-chars-per-token
+    # estimates. false: fetch it once in the background at startup when no file is found.
+    offline: bool = False
+    # Output tokens reserved against TPM for a request that sets no max_tokens.
+    default_max_tokens: int = Field(256, ge=0)
 
 
 class RoutingConfig(_Strict):
@@ -214,6 +271,7 @@ class GatewayConfig(_Strict):
                     problems.append(
                         f"models[{i}].fallbacks[{k}]: a model cannot fall back to itself"
                     )
+        problems.extend(_key_problems(self.auth.keys, seen))
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -223,3 +281,19 @@ class GatewayConfig(_Strict):
             if model.name == name:
                 return model
         return None
+
+
+def _key_problems(keys: list[KeyConfig], models: set[str]) -> list[str]:
+    problems: list[str] = []
+    names: set[str] = set()
+    for i, key in enumerate(keys):
+        if key.name in names:
+            problems.append(f"auth.keys[{i}].name: duplicate key name {key.name!r}")
+        names.add(key.name)
+        for k, model in enumerate(key.models or ()):
+            if model not in models:
+                problems.append(
+                    f"auth.keys[{i}].models[{k}]: expected the name of a configured model "
+                    f"(got {model!r})"
+                )
+    return problems

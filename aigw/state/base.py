@@ -1,0 +1,203 @@
+"""The shared-state interfaces: rate limits and admission (a priority queue and leased slots).
+
+Two implementations of each, one contract (``tests/state/``) run against both:
+:mod:`aigw.state.memory` (one process, zero setup) and :mod:`aigw.state.redis` (any number of
+gateway processes sharing one Redis; every check-and-reserve is one atomic Lua script).
+
+Rate limits are sliding logs: a quota allows at most ``limit`` units in **any** window of
+``window_s`` seconds (not a fixed minute, and not a token bucket that lets a full window's
+burst through on top of the rate). Every charge is an entry stamped with the time it was made;
+a check sums the entries of the last ``window_s`` seconds.
+
+Admission hands out :class:`Lease` objects: one slot of one *pool* (a deployment's
+``max_concurrency``) plus, optionally, one slot of the tenant's own pool (its key's
+``max_parallel``). When no pool among the request's choices has a free slot, the request waits
+as a :class:`Ticket` in its model's queue, ordered by priority (higher first), then fairly
+between tenants of the same priority (start-time fair queuing: each tenant's tickets get
+consecutive virtual times, so tenants alternate), then first come first served within a
+tenant. A released slot is handed straight to the best waiting ticket that may use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal, Protocol
+
+__all__ = [
+    "AdmissionQueue",
+    "Charge",
+    "Lease",
+    "LimitDecision",
+    "Pool",
+    "Quota",
+    "QuotaStatus",
+    "RateLimiter",
+    "StateUnavailableError",
+    "Ticket",
+]
+
+Unit = Literal["requests", "tokens"]
+
+
+class StateUnavailableError(Exception):
+    """The shared store did not answer in time (Redis down, timed out, or a script failed).
+
+    Raised by the Redis implementations only; the resilient wrapper turns it into local state
+    or a 503, as ``state.on_redis_down`` says.
+    """
+
+
+# --- rate limits ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """At most ``limit`` units (requests or tokens) in any ``window_s`` seconds, for ``key``.
+
+    ``key`` names what is limited, e.g. ``"key:team-a:rpm"`` or ``"model:llama-3-8b:tpm"``;
+    it is a storage key, so it must be stable across processes.
+    """
+
+    key: str
+    limit: int
+    unit: Unit
+    window_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """``amount`` units charged against ``quota`` by one request."""
+
+    quota: Quota
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaStatus:
+    """A quota after a check, for the ``x-ratelimit-*`` response headers.
+
+    ``remaining``: units still available in the current window (after this request's charge
+    when it was admitted). ``reset_s``: seconds until the quota is back to its full limit
+    (every charge now in the window has aged out).
+    """
+
+    quota: Quota
+    remaining: int
+    reset_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LimitDecision:
+    """The outcome of :meth:`RateLimiter.reserve`.
+
+    ``allowed`` False means nothing was charged; ``exceeded`` is the first quota that refused
+    and ``retry_after_s`` how long until enough of it frees for this request's charge
+    (``None`` when the charge is larger than the quota's whole limit: retrying cannot help).
+    """
+
+    allowed: bool
+    statuses: tuple[QuotaStatus, ...]
+    exceeded: Quota | None = None
+    retry_after_s: float | None = None
+
+
+class RateLimiter(Protocol):
+    async def reserve(self, request_id: str, charges: Sequence[Charge]) -> LimitDecision:
+        """Check every charge and, only if all fit, record them all at once (atomically).
+
+        ``request_id`` identifies the reservation for :meth:`reconcile` and :meth:`refund`;
+        it must be unique among live reservations. A charge of 0 units is checked (the quota
+        must have room for one more unit) but records nothing.
+        """
+        ...
+
+    async def reconcile(self, request_id: str, quota: Quota, amount: int) -> None:
+        """Replace the amount this request charged to ``quota`` by the real ``amount``.
+
+        The entry keeps its original time. Reconciling a charge that has already left the
+        window (or was never made) does nothing.
+        """
+        ...
+
+    async def refund(self, request_id: str, quotas: Sequence[Quota]) -> None:
+        """Remove this request's charges to ``quotas`` as if they had never been made."""
+        ...
+
+
+# --- admission -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A set of ``size`` slots, e.g. a deployment's ``max_concurrency`` (``id`` = its id)."""
+
+    id: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One request asking for a slot.
+
+    ``queue``: the name of the queue it waits in (the public model name). ``tenant``: the
+    API key's name (fairness and ``tenant_pool``). ``tenant_pool``: the key's own
+    ``max_parallel`` slots, taken together with the pool slot (None: unlimited).
+    ``timeout_s``: the longest it may wait. ``max_queue``: the queue's bound; a full queue
+    refuses at once.
+    """
+
+    id: str
+    queue: str
+    tenant: str
+    priority: int
+    timeout_s: float
+    max_queue: int
+    tenant_pool: Pool | None = None
+
+
+class Lease(Protocol):
+    """A held slot. ``async with lease:`` (or :meth:`release`) gives it back exactly once.
+
+    ``pool`` is the pool whose slot this is (the deployment to send to). ``waited_s`` is how
+    long the ticket queued (0 when a slot was free at once). Releasing twice is harmless:
+    only the first release frees the slot.
+    """
+
+    @property
+    def pool(self) -> Pool: ...
+
+    @property
+    def waited_s(self) -> float: ...
+
+    async def release(self) -> None: ...
+
+    async def __aenter__(self) -> Lease: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class AdmissionQueue(Protocol):
+    async def acquire(self, ticket: Ticket, choices: Sequence[Pool]) -> Lease:
+        """A slot of the first of ``choices`` (in the order given) that has one free.
+
+        If none has, and the tenant's pool has a free slot, the ticket waits in its queue
+        until a slot of one of ``choices`` is handed to it. Raises:
+
+        - :class:`aigw.errors.RateLimitError` code ``queue_full`` when the queue already
+          holds ``max_queue`` tickets, ``queue_timeout`` after ``timeout_s`` (both carry a
+          ``Retry-After`` header), ``max_parallel_exceeded`` when the tenant's pool is full;
+        - ``CancelledError`` when the caller is cancelled (client gone): the ticket leaves the
+          queue at once, and a slot handed to it in the meantime goes to the next ticket.
+        """
+        ...
+
+    def depth(self, queue: str) -> int:
+        """Tickets waiting in ``queue`` as last known to this process (for metrics)."""
+        ...
