@@ -16,23 +16,49 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from aigw.admission import Admission
 from aigw.api import admin, routes
 from aigw.api.middleware import EdgeMiddleware
 from aigw.api.openai import ProxyEndpoint
 from aigw.api.state import AppState
+from aigw.auth import Authenticator
 from aigw.config import GatewayConfig
+from aigw.fleet.attempt import Observers
 from aigw.gateway import Gateway
+from aigw.limits import RateLimits
 from aigw.policies.filters import MODEL_AWARE_FILTERS
 from aigw.routing.context import ContextBuilder
+from aigw.routing.recorder import SignalRecorder
 from aigw.routing.router import Router
 from aigw.routing.scraper import MetricsScraper
-from aigw.tokens import load_counter
+from aigw.state import SharedState, open_state
+from aigw.tokens import load_counter_async
 from aigw.types import Endpoint
-from aigw.upstream import UpstreamPool
+from aigw.upstream import Transport, UpstreamPool
 
-__all__ = ["create_app"]
+__all__ = ["build_gateway", "create_app"]
 
 log = logging.getLogger("aigw")
+
+
+def build_gateway(
+    config: GatewayConfig,
+    router: Router,
+    shared: SharedState,
+    transport: Transport,
+    contexts: ContextBuilder,
+) -> Gateway:
+    """The request pipeline from its parts (the tests build it too, with a mock transport)."""
+    return Gateway(
+        auth=Authenticator.from_config(config.auth),
+        limits=RateLimits(shared.limiter, config),
+        admission=Admission(shared.admission, config),
+        router=router,
+        transport=transport,
+        contexts=contexts,
+        observers=Observers([SignalRecorder(), router.health]),
+        max_attempts=config.retry.max_attempts,
+    )
 
 
 def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
@@ -42,12 +68,12 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         rng = random.Random(seed)
+        if not config.auth.keys:
+            log.warning("auth.keys is empty: this gateway serves anyone who can reach it")
         router = Router(config, loop.time, rng, MODEL_AWARE_FILTERS)
         pool = UpstreamPool()
         pool.open(router.deployments.values())
-        counter = await asyncio.to_thread(
-            load_counter, config.tokens.encoding, config.tokens.encodings_dir
-        )
+        counter = await load_counter_async(config.tokens)  # fetches in the background if needed
         contexts = ContextBuilder(counter, config.routing.prefix_block_chars)
         scrape_client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64))
         scraper = MetricsScraper(
@@ -57,25 +83,23 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
             rng,
             loop.time,
         )
+        shared = await open_state(config.state, loop.time)
         scraper.start()
-        app.state.aigw = AppState(
-            config=config,
-            gateway=Gateway(router, pool, contexts, config.retry.max_attempts),
-            started_at=int(time.time()),
-        )
-        if config.state.backend == "redis":
-            log.warning(
-                "state.backend is redis, but this version keeps routing state per process; "
-                "queues, rate limits and sessions shared through Redis are not built yet"
-            )
+        gateway = build_gateway(config, router, shared, pool, contexts)
+        app.state.aigw = AppState(config=config, gateway=gateway, started_at=int(time.time()))
         log.info(
-            "aigw ready: %d models, %d deployments", len(router.models), len(router.deployments)
+            "aigw ready: %d models, %d deployments, %s state",
+            len(router.models),
+            len(router.deployments),
+            config.state.backend,
         )
         try:
             yield
         finally:
             await scraper.stop()
             await scrape_client.aclose()
+            await shared.aclose()
+            await counter.aclose()
             await pool.close()
 
     proxy = {f"/v1/{endpoint.value}": ProxyEndpoint(endpoint) for endpoint in Endpoint}

@@ -1,84 +1,176 @@
-"""How a request travels: route, send, fail over, relay. Read this file to follow one request.
+"""How a request travels. Read this file to follow one request from its key to its bill.
 
 ``Gateway.complete`` serves a non-streamed request and ``Gateway.open_stream`` a streamed one.
-Both build the request's routing context once, then walk the model's deployments, then its
-fallbacks' deployments, until one answers; a failure counts against a deployment and moves on
-only while nothing has reached the client (for streams: until the first translated byte
-exists). Afterwards ``UpstreamStream.relay`` forwards the rest chunk by chunk and reports a
-broken upstream as an in-stream error event. Every outcome feeds the deployment's signals
-(latency EWMAs, error rate, outlier detection) that the routing policies read.
+Both run the same stages, in order:
+
+1. **authenticate**: the API key becomes a :class:`~aigw.types.Principal` (401/403);
+2. **rate-limit**: its RPM/TPM quotas (and the model's) are charged up front with the prompt's
+   tokens plus ``max_tokens`` (429 with ``Retry-After``);
+3. **admit**: the router's policy picks a deployment among the candidates, and admission leases
+   a slot on it (or on another candidate) or queues the request until a slot frees;
+4. **attempt with failover**: send; a failure that happened before the client got a byte counts
+   against the deployment, releases its slot, and the request moves on: another deployment of
+   the model, then the model's fallbacks;
+5. **relay**: the reply, or the stream chunk by chunk (``UpstreamStream.relay``);
+6. **account**: observers learn the outcome (signals, outlier detection), the slot is released
+   and the charged tokens are reconciled with the usage the upstream reported; a request
+   rejected downstream of the rate limits, or abandoned before an upstream answered, is
+   refunded in full.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import aiohttp
 import orjson
 
+from aigw.admission import Admission
+from aigw.auth import Authenticator
 from aigw.errors import (
     GatewayError,
     InvalidRequestError,
     NotFoundError,
+    RateLimitError,
     ServiceUnavailableError,
     UpstreamConnectionError,
-    UpstreamStatusError,
 )
+from aigw.fleet.attempt import Attempt, Observers
 from aigw.fleet.deployment import Deployment
+from aigw.limits import Booking, DeploymentQuotaSpent, RateLimits
 from aigw.providers import StreamTranslator
 from aigw.routing.context import ContextBuilder
-from aigw.routing.router import Router
-from aigw.types import Endpoint, RequestMeta, RouteContext
-from aigw.upstream import UpstreamPool, transport_errors
+from aigw.routing.router import ModelRoute, Router
+from aigw.state.base import Lease, Ticket
+from aigw.types import Endpoint, Principal, RequestMeta, RouteContext
+from aigw.upstream import Transport, UpstreamResponse
 
 __all__ = ["Gateway", "Reply", "UpstreamStream"]
 
 log = logging.getLogger("aigw.gateway")
 T = TypeVar("T")
 Send = Callable[[bytes], Awaitable[None]]
-_NO_META = RequestMeta()
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A complete, OpenAI-shaped JSON reply and the deployment that produced it."""
+    """A complete, OpenAI-shaped JSON reply, the deployment that produced it, extra headers."""
 
     deployment: Deployment
     body: bytes
+    headers: list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """A stream whose first translated bytes exist (so the attempt can no longer fail over)."""
+
+    response: UpstreamResponse
+    translator: StreamTranslator
+    first: bytes
+
+
+class _Request:
+    """One request's passage through the stages; what ``account`` needs at the end."""
+
+    __slots__ = ("booking", "ctx", "id", "principal", "route", "ticket")
+
+    def __init__(
+        self, request_id: str, principal: Principal, route: ModelRoute, ctx: RouteContext
+    ) -> None:
+        self.id = request_id  # unique per gateway process and request (x-request-id may not be)
+        self.principal = principal
+        self.route = route
+        self.ctx = ctx
+        self.ticket: Ticket | None = None
+        self.booking: Booking | None = None
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return self.booking.headers if self.booking is not None else []
+
+
+class _Dispatch:
+    """An attempt that holds a slot (and maybe an upstream quota), until settled once."""
+
+    __slots__ = ("attempt", "lease", "quota")
+
+    def __init__(self, attempt: Attempt, lease: Lease, quota: Booking | None) -> None:
+        self.attempt = attempt
+        self.lease = lease
+        self.quota = quota
 
 
 class Gateway:
     def __init__(
-        self, router: Router, pool: UpstreamPool, contexts: ContextBuilder, max_attempts: int
+        self,
+        auth: Authenticator,
+        limits: RateLimits,
+        admission: Admission,
+        router: Router,
+        transport: Transport,
+        contexts: ContextBuilder,
+        observers: Observers,
+        max_attempts: int,
     ) -> None:
+        self.auth = auth
+        self.limits = limits
+        self.admission = admission
         self.router = router
-        self._pool = pool
+        self._transport = transport
         self._contexts = contexts
+        self._observers = observers
         self._max_attempts = max_attempts
+        # Internal request ids: unique across processes without a uuid per request.
+        self._id_prefix = uuid.uuid4().hex[:12] + "-"
+        self._ids = itertools.count(1)
+
+    # --- the journey ---------------------------------------------------------------------
+
+    def authenticate(self, meta: RequestMeta) -> Principal:
+        """Stage 1, run before the body is even read: who is calling (401 if nobody known)."""
+        return self.auth.authenticate(meta.authorization)
 
     async def complete(
-        self, endpoint: Endpoint, body: dict[str, Any], meta: RequestMeta = _NO_META
+        self, principal: Principal, endpoint: Endpoint, body: dict[str, Any], meta: RequestMeta
     ) -> Reply:
-        ctx = await self._context(endpoint, body, meta)
-        deployment, reply = await self._with_failover(ctx, self._exchange)
-        self._release(deployment)
-        return reply
+        request = await self._accept(principal, endpoint, body, meta)  # model, rate-limit
+        try:
+            dispatch, data = await self._attempt_with_failover(request, self._exchange)
+        except BaseException:
+            await self._refund(request)
+            raise
+        await self._account(request, dispatch, None)
+        return Reply(dispatch.attempt.deployment, data, request.headers)
 
     async def open_stream(
-        self, endpoint: Endpoint, body: dict[str, Any], meta: RequestMeta = _NO_META
+        self, principal: Principal, endpoint: Endpoint, body: dict[str, Any], meta: RequestMeta
     ) -> UpstreamStream:
         """Connect and wait for the first output bytes; the caller must ``relay`` the result."""
-        ctx = await self._context(endpoint, body, meta)
-        _, stream = await self._with_failover(ctx, self._open_stream)
-        return stream
+        request = await self._accept(principal, endpoint, body, meta)  # model, rate-limit
+        try:
+            dispatch, opened = await self._attempt_with_failover(request, self._open_stream)
+        except BaseException:
+            await self._refund(request)
+            raise
 
-    async def _context(
-        self, endpoint: Endpoint, body: dict[str, Any], meta: RequestMeta
-    ) -> RouteContext:
+        async def account(error: GatewayError | None) -> None:
+            await self._account(request, dispatch, error)
+
+        return UpstreamStream(
+            dispatch.attempt, opened, self._transport, self._observers, account, request.headers
+        )
+
+    # --- 2: the model, then rate limits -----------------------------------------------------
+
+    async def _accept(
+        self, principal: Principal, endpoint: Endpoint, body: dict[str, Any], meta: RequestMeta
+    ) -> _Request:
         model = body["model"]
         route = self.router.models.get(model)
         if route is None:
@@ -87,6 +179,7 @@ class Gateway:
                 param="model",
                 code="model_not_found",
             )
+        self.auth.authorize_model(principal, model)
         if not route.supports(endpoint):
             raise InvalidRequestError(
                 f"The model `{model}` does not support /v1/{endpoint.value}.",
@@ -94,87 +187,102 @@ class Gateway:
                 code="unsupported_endpoint",
             )
         now = asyncio.get_running_loop().time()
-        return await self._contexts.build(
+        ctx = await self._contexts.build(
             endpoint, body, meta, now, route.smallest_context_window, route.adapter
         )
+        request = _Request(f"{self._id_prefix}{next(self._ids)}", principal, route, ctx)
+        request.ticket = self.admission.ticket(request.id, principal, model, meta)
+        if self.limits.applies(principal, model):
+            prompt_tokens = ctx.prompt_tokens
+            if self.limits.counts_tokens(principal, model):
+                prompt_tokens = await self._contexts.count_prompt(endpoint, body)
+            tokens = self.limits.estimate(prompt_tokens, ctx.max_tokens)
+            request.booking = await self.limits.reserve(request.id, principal, model, tokens)
+        return request
 
-    async def _with_failover(
-        self,
-        ctx: RouteContext,
-        attempt: Callable[[Deployment, RouteContext], Awaitable[T]],
-    ) -> tuple[Deployment, T]:
-        """Try deployments until one succeeds; its in-flight slot stays held for the caller."""
+    # --- 3-4: admit, attempt with failover ---------------------------------------------------
+
+    async def _attempt_with_failover(
+        self, request: _Request, send: Callable[[Attempt], Awaitable[T]]
+    ) -> tuple[_Dispatch, T]:
+        """Try deployments until one succeeds; its dispatch stays open for ``_account``."""
         failures: list[tuple[str, GatewayError]] = []
         loop = asyncio.get_running_loop()
-        for route in self.router.chain(ctx.model):
+        number = 0
+        ticket = request.ticket
+        assert ticket is not None
+        for route in self.router.chain(request.ctx.model):
             tried: set[str] = set()
             for _ in range(self._max_attempts):
-                deployment = self.router.pick(route, ctx, tried)
-                if deployment is None:
+                selection = self.router.select(route, request.ctx, tried)
+                if selection is None:
                     break
+                lease = await self.admission.lease(ticket, selection.chosen, selection.candidates)
+                deployment = route.deployment(lease.pool.id) or selection.chosen
+                assert deployment is not None
                 tried.add(deployment.id)
-                self.router.record_dispatch(deployment, ctx)
-                state = deployment.state
                 try:
-                    result = await attempt(deployment, ctx)
+                    quota = await self._charge_upstream_quota(request, deployment)
+                except DeploymentQuotaSpent as spent:
+                    await lease.release()
+                    failures.append((deployment.id, _quota_spent(spent)))
+                    continue
+                number += 1
+                attempt = Attempt(
+                    deployment, request.ctx, number, loop.time(), queued_s=lease.waited_s
+                )
+                dispatch = _Dispatch(attempt, lease, quota)
+                self._observers.on_dispatch(attempt)
+                try:
+                    result = await send(attempt)
                 except GatewayError as exc:
-                    state.in_flight -= 1
+                    await self._settle(dispatch, exc)
                     if not exc.retryable:
-                        # The request's own fault (e.g. context too long): the upstream is fine.
-                        self.router.health.record_success(state)
                         raise
-                    if not (isinstance(exc, UpstreamStatusError) and exc.status == 429):
-                        self.router.health.record_failure(state, exc.message, loop.time())
                     log.warning("deployment %s failed: %s", deployment.id, exc.message)
                     failures.append((deployment.id, exc))
                     continue
-                except BaseException:
-                    state.in_flight -= 1
+                except BaseException:  # cancelled: the client went away
+                    await self._settle(dispatch, _ABANDONED)
                     raise
-                self.router.health.record_success(state)
-                return deployment, result
-        raise _exhausted(ctx.model, failures)
+                return dispatch, result
+        raise _exhausted(request.ctx.model, failures)
 
-    def _release(self, deployment: Deployment) -> None:
-        deployment.state.in_flight -= 1
+    async def _charge_upstream_quota(
+        self, request: _Request, deployment: Deployment
+    ) -> Booking | None:
+        if not self.limits.has_deployment_quota(deployment.id):
+            return None
+        tokens = self.limits.estimate(request.ctx.prompt_tokens, request.ctx.max_tokens)
+        return await self.limits.reserve_deployment(request.id, deployment.id, tokens)
 
-    async def _exchange(self, deployment: Deployment, ctx: RouteContext) -> Reply:
+    async def _exchange(self, attempt: Attempt) -> bytes:
+        deployment = attempt.deployment
         provider = deployment.provider
+        ctx = attempt.ctx
         upstream = provider.build_request(ctx.endpoint, ctx.body)
-        session = self._pool.session(deployment)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        with transport_errors(deployment, "waiting for the reply"):
-            async with session.post(
-                upstream.url,
-                data=upstream.body,
-                headers=_with_request_id(upstream.headers, ctx.request_id),
-                timeout=deployment.timeout,
-            ) as response:
-                status = response.status
+        with self._transport.errors(deployment, "waiting for the reply"):
+            response = await self._transport.post(deployment, upstream, ctx.request_id)
+            try:
                 data = await response.read()
-        if status >= 400:
-            raise provider.parse_error(status, data)
-        now = loop.time()
-        deployment.state.latency.add(now - started, now)
-        return Reply(deployment, provider.parse_response(ctx.endpoint, status, data))
+            finally:
+                response.release()
+        if response.status >= 400:
+            raise provider.parse_error(response.status, data)
+        attempt.last_byte_at = asyncio.get_running_loop().time()
+        body, attempt.usage = provider.parse_response(ctx.endpoint, response.status, data)
+        return body
 
-    async def _open_stream(self, deployment: Deployment, ctx: RouteContext) -> UpstreamStream:
+    async def _open_stream(self, attempt: Attempt) -> _Opened:
+        deployment = attempt.deployment
         provider = deployment.provider
+        ctx = attempt.ctx
         upstream = provider.build_request(ctx.endpoint, ctx.body)
         translator = provider.stream_translator(ctx.endpoint, ctx.body)
-        session = self._pool.session(deployment)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        queued = _engine_queue(deployment)
-        with transport_errors(deployment, "waiting for the first byte"):
+        attempt.engine_queued = _engine_queue(deployment)
+        with self._transport.errors(deployment, "waiting for the first byte"):
             async with asyncio.timeout(deployment.config.timeouts.first_byte):
-                response = await session.post(
-                    upstream.url,
-                    data=upstream.body,
-                    headers=_with_request_id(upstream.headers, ctx.request_id),
-                    timeout=deployment.timeout,
-                )
+                response = await self._transport.post(deployment, upstream, ctx.request_id)
                 try:
                     if response.status >= 400:
                         raise provider.parse_error(response.status, await response.read())
@@ -182,19 +290,45 @@ class Gateway:
                 except BaseException:
                     response.close()
                     raise
-        now = loop.time()
-        state = deployment.state
-        state.observe_first_byte(now - started, now)
-        if not queued and ctx.prompt_tokens > 0:
-            state.prefill_per_token.add((now - started) / ctx.prompt_tokens)
-        return UpstreamStream(self, deployment, response, translator, first, now)
+        attempt.first_byte_at = attempt.last_byte_at = asyncio.get_running_loop().time()
+        attempt.relayed_events = first.count(b"data:")
+        self._observers.on_first_byte(attempt)
+        return _Opened(response, translator, first)
 
+    # --- 6: account ----------------------------------------------------------------------
 
-def _with_request_id(headers: Mapping[str, str], request_id: str | None) -> Mapping[str, str]:
-    """The provider's fixed headers plus this request's id (vLLM and most proxies log it)."""
-    if request_id is None:
-        return headers
-    return {**headers, "x-request-id": request_id}
+    async def _account(
+        self, request: _Request, dispatch: _Dispatch, error: GatewayError | None
+    ) -> None:
+        """The request is over: settle its attempt, then reconcile what it was charged."""
+        await self._settle(dispatch, error, success=error is None)
+        usage = dispatch.attempt.usage
+        if request.booking is not None:
+            await request.booking.reconcile(usage)
+
+    async def _settle(
+        self, dispatch: _Dispatch, error: GatewayError | None, success: bool = False
+    ) -> None:
+        """Close one attempt: tell the observers, release its slot, settle its upstream quota.
+
+        Called exactly once per attempt, on every path.
+        """
+        attempt = dispatch.attempt
+        observers = self._observers
+        try:
+            if error is not None:
+                observers.on_failure(attempt, error)
+            elif success:
+                observers.on_success(attempt)
+            observers.on_finish(attempt)
+        finally:
+            await dispatch.lease.release()
+            if dispatch.quota is not None:
+                await dispatch.quota.reconcile(attempt.usage)
+
+    async def _refund(self, request: _Request) -> None:
+        if request.booking is not None:
+            await request.booking.refund()
 
 
 def _engine_queue(deployment: Deployment) -> bool:
@@ -206,19 +340,20 @@ def _engine_queue(deployment: Deployment) -> bool:
 
 
 async def _first_output(
-    response: aiohttp.ClientResponse, translator: StreamTranslator, deployment: Deployment
+    response: UpstreamResponse, translator: StreamTranslator, deployment: Deployment
 ) -> bytes:
+    content = response.content
     while True:
-        chunk: bytes = await response.content.readany()
+        chunk = await content.readany()
         if not chunk:
-            tail: bytes = translator.finish()
+            tail = translator.finish()
             if tail:
                 return tail
             raise UpstreamConnectionError(
                 f"deployment {deployment.id} closed the stream before sending any data",
                 code="upstream_error",
             )
-        out: bytes = translator.feed(chunk)
+        out = translator.feed(chunk)
         if out:
             return out
 
@@ -228,40 +363,41 @@ class UpstreamStream:
 
     def __init__(
         self,
-        gateway: Gateway,
-        deployment: Deployment,
-        response: aiohttp.ClientResponse,
-        translator: StreamTranslator,
-        first: bytes,
-        first_at: float,
+        attempt: Attempt,
+        opened: _Opened,
+        transport: Transport,
+        observers: Observers,
+        account: Callable[[GatewayError | None], Awaitable[None]],
+        headers: list[tuple[bytes, bytes]],
     ) -> None:
-        self.deployment = deployment
-        self._gateway = gateway
-        self._response = response
-        self._translator = translator
-        self._first = first
-        self._first_at = first_at
+        self.deployment = attempt.deployment
+        self.headers = headers
+        self._attempt = attempt
+        self._opened = opened
+        self._transport = transport
+        self._account = account
+        self._accounted = False
 
     async def relay(self, send: Send) -> None:
         """Send every chunk as it arrives; end with an error event if the upstream breaks.
 
-        Always releases the upstream connection and the in-flight slot, also when cancelled
+        Always accounts for the request (slot released, usage reconciled), also when cancelled
         (client disconnect): closing the response aborts the upstream request at once.
-        Time per output token is estimated from the SSE events relayed (one per token for
-        OpenAI-style streams, a handful of framing events aside).
         """
-        deployment = self.deployment
+        attempt = self._attempt
+        deployment = attempt.deployment
         idle = deployment.config.timeouts.idle
         loop = asyncio.get_running_loop()
-        content = self._response.content
-        translator = self._translator
+        response = self._opened.response
+        content = response.content
+        translator = self._opened.translator
         finished = False
-        events = self._first.count(b"data:")
-        last_at = self._first_at
+        error: GatewayError | None = None
+        events = attempt.relayed_events
         try:
-            await send(self._first)
+            await send(self._opened.first)
             try:
-                with transport_errors(deployment, "streaming"):
+                with self._transport.errors(deployment, "streaming"):
                     async with asyncio.timeout(None) as deadline:
                         while True:
                             deadline.reschedule(loop.time() + idle)
@@ -271,37 +407,49 @@ class UpstreamStream:
                             out = translator.feed(chunk)
                             if out:
                                 events += out.count(b"data:")
-                                last_at = loop.time()
+                                attempt.last_byte_at = loop.time()
                                 await send(out)
                     tail = translator.finish()
                     if tail:
                         await send(tail)
                     finished = True
             except GatewayError as exc:
-                if exc.retryable:
-                    self._gateway.router.health.record_failure(
-                        deployment.state, exc.message, loop.time()
-                    )
+                error = exc
                 log.warning("stream from %s broke: %s", deployment.id, exc.message)
                 await send(b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n")
         finally:
             # A finished response goes back to the keep-alive pool; anything else (client
             # gone, upstream broken) closes the connection, which aborts the upstream request.
+            attempt.relayed_events = events
             if finished:
-                self._response.release()
-                tokens = max(1, events - 2)  # minus the role chunk and [DONE]
-                state = deployment.state
-                state.output_tokens.add(tokens)
-                if tokens > 1:
-                    state.tpot.add((last_at - self._first_at) / (tokens - 1))
+                response.release()
+                attempt.usage = translator.usage
             else:
-                self._response.close()
-            self._gateway._release(deployment)
+                response.close()
+            await self._settle(error if error is not None or finished else _ABANDONED)
 
-    def close(self) -> None:
+    async def _settle(self, error: GatewayError | None) -> None:
+        if not self._accounted:
+            self._accounted = True
+            await self._account(error)
+
+    async def close(self) -> None:
         """Give up on a stream that will not be relayed."""
-        self._response.close()
-        self._gateway._release(self.deployment)
+        self._opened.response.close()
+        await self._settle(_ABANDONED)
+
+
+# The client went away mid-stream: not the deployment's fault, and not a success either.
+_ABANDONED = GatewayError("the client went away before the stream ended", code="client_gone")
+
+
+def _quota_spent(spent: DeploymentQuotaSpent) -> RateLimitError:
+    retry = max(1, int((spent.retry_after_s or 60) + 0.999))
+    return RateLimitError(
+        f"deployment {spent.deployment_id} has used its configured rpm/tpm quota for now",
+        code="upstream_quota_exhausted",
+        headers={"Retry-After": str(retry)},
+    )
 
 
 def _exhausted(model: str, failures: list[tuple[str, GatewayError]]) -> GatewayError:
@@ -309,8 +457,15 @@ def _exhausted(model: str, failures: list[tuple[str, GatewayError]]) -> GatewayE
         return failures[0][1]
     if not failures:
         return ServiceUnavailableError(
-            f"No deployment of model `{model}` can take the request now (all at capacity).",
+            f"No deployment of model `{model}` can take the request now.",
             code="no_capacity",
+        )
+    if all(isinstance(exc, RateLimitError) for _, exc in failures):
+        soonest = min(int(exc.headers.get("Retry-After", "60")) for _, exc in failures)
+        return RateLimitError(
+            f"Every deployment of model `{model}` has used its configured quota for now.",
+            code="upstream_quota_exhausted",
+            headers={"Retry-After": str(soonest)},
         )
     detail = "; ".join(f"{dep}: {exc.message}" for dep, exc in failures)
     return ServiceUnavailableError(

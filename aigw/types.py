@@ -1,15 +1,18 @@
 """Neutral types that every room shares: what a request is, where it goes, what it cost.
 
-This module imports nothing from the gateway's rooms, so ``routing/``, ``policies/``,
+This module imports nothing from the gateway's rooms (only the error tree), so ``routing/``, ``policies/``,
 ``providers/``, ``state/`` and the API can all depend on it without depending on each other.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from aigw.errors import InvalidRequestError
 
 __all__ = [
     "ANONYMOUS",
@@ -74,9 +77,23 @@ ANONYMOUS = Principal(name="anonymous")
 
 
 class RequestMeta:
-    """The parts of the HTTP request (not its body) that routing may use."""
+    """The parts of the HTTP request (not its body) that the pipeline may use.
 
-    __slots__ = ("client_ip", "hash_key", "region", "request_id", "tags")
+    ``authorization`` is the raw ``Authorization`` header (checked by the auth stage, never
+    logged). ``priority`` (``x-aigw-priority``) may only lower the key's priority;
+    ``queue_timeout`` (``x-aigw-queue-timeout``, seconds) shortens the model's queue wait.
+    """
+
+    __slots__ = (
+        "authorization",
+        "client_ip",
+        "hash_key",
+        "priority",
+        "queue_timeout",
+        "region",
+        "request_id",
+        "tags",
+    )
 
     def __init__(
         self,
@@ -85,18 +102,30 @@ class RequestMeta:
         tags: frozenset[str] = frozenset(),
         client_ip: str | None = None,
         request_id: str | None = None,
+        authorization: bytes | None = None,
+        priority: int | None = None,
+        queue_timeout: float | None = None,
     ) -> None:
         self.hash_key = hash_key
         self.region = region
         self.tags = tags
         self.client_ip = client_ip
         self.request_id = request_id
+        self.authorization = authorization
+        self.priority = priority
+        self.queue_timeout = queue_timeout
 
     @classmethod
     def from_scope(cls, scope: Mapping[str, Any]) -> RequestMeta:
-        hash_key = region = None
+        """Read the headers; a malformed ``x-aigw-*`` header raises InvalidRequestError."""
+        hash_key = region = authorization = None
+        priority: int | None = None
+        queue_timeout: float | None = None
         tags: frozenset[str] = frozenset()
         for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+                continue
             if not name.startswith(b"x-aigw-"):
                 continue
             if name == b"x-aigw-hash-key":
@@ -105,10 +134,54 @@ class RequestMeta:
                 region = value.decode("latin-1").strip()
             elif name == b"x-aigw-tags":
                 tags = frozenset(t.strip() for t in value.decode("latin-1").split(",") if t.strip())
+            elif name == b"x-aigw-priority":
+                priority = _priority(value)
+            elif name == b"x-aigw-queue-timeout":
+                queue_timeout = _queue_timeout(value)
         client = scope.get("client")
         return cls(
-            hash_key, region, tags, client[0] if client else None, scope.get("aigw.request_id")
+            hash_key,
+            region,
+            tags,
+            client[0] if client else None,
+            scope.get("aigw.request_id"),
+            authorization,
+            priority,
+            queue_timeout,
         )
+
+
+_PRIORITY_RANGE = 1000  # the same bounds as auth.keys[].priority
+_QUEUE_TIMEOUT_MAX = 3600.0
+
+
+def _priority(raw: bytes) -> int:
+    text = raw.strip()
+    if text.lstrip(b"-").isdigit() and len(text) <= 6:
+        value = int(text)
+        if -_PRIORITY_RANGE <= value <= _PRIORITY_RANGE:
+            return value
+    raise InvalidRequestError(
+        f"x-aigw-priority must be an integer from -{_PRIORITY_RANGE} to {_PRIORITY_RANGE} "
+        f"(got {raw[:40].decode('latin-1')!r}).",
+        param="x-aigw-priority",
+        code="invalid_header",
+    )
+
+
+def _queue_timeout(raw: bytes) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = math.nan
+    if not (0 <= value <= _QUEUE_TIMEOUT_MAX):  # also rejects nan and inf
+        raise InvalidRequestError(
+            f"x-aigw-queue-timeout must be a number of seconds from 0 to {_QUEUE_TIMEOUT_MAX:g} "
+            f"(got {raw[:40].decode('latin-1')!r}).",
+            param="x-aigw-queue-timeout",
+            code="invalid_header",
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,9 @@
-"""The data plane's HTTP client: one pooled aiohttp session per upstream origin.
+"""The data plane's HTTP client: the :class:`Transport` seam and its aiohttp implementation.
+
+The gateway sends through a :class:`Transport` (one method to send, one context manager that
+translates the transport's errors), so the pipeline can be tested without sockets; aiohttp's
+``ClientResponse`` already has the :class:`UpstreamResponse` shape, so the seam adds no
+wrapper on the hot path. :class:`UpstreamPool` keeps one pooled aiohttp session per origin.
 
 aiohttp rather than httpx on this path by measurement: a pass-through proxy cost 109 CPU-us
 per request with aiohttp's ClientSession against 965 with httpx's default transport (see the
@@ -8,16 +13,58 @@ Transport failures are translated into the gateway's error tree here, at the bou
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from aigw.errors import UpstreamConnectionError, UpstreamTimeoutError
 from aigw.fleet.deployment import Deployment
+from aigw.types import UpstreamRequest
 
-__all__ = ["UpstreamPool", "transport_errors"]
+__all__ = ["Transport", "UpstreamBody", "UpstreamPool", "UpstreamResponse", "transport_errors"]
+
+
+class UpstreamBody(Protocol):
+    async def readany(self) -> bytes:
+        """The next bytes available (waits for some); ``b""`` at the end of the body."""
+        ...
+
+
+class UpstreamResponse(Protocol):
+    """An upstream's response whose headers arrived; the body is read on demand."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def content(self) -> UpstreamBody: ...
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        ...
+
+    def release(self) -> Any:
+        """Done with a fully read body: the connection may be reused."""
+        ...
+
+    def close(self) -> None:
+        """Abandon the response: the connection is closed, aborting the upstream request."""
+        ...
+
+
+class Transport(Protocol):
+    async def post(
+        self, deployment: Deployment, request: UpstreamRequest, request_id: str | None
+    ) -> UpstreamResponse:
+        """Send ``request`` to ``deployment`` and return once the response headers arrived."""
+        ...
+
+    def errors(self, deployment: Deployment, phase: str) -> AbstractContextManager[None]:
+        """Translate this transport's exceptions into Upstream*Error naming the deployment."""
+        ...
 
 
 class UpstreamPool:
@@ -51,6 +98,20 @@ class UpstreamPool:
     def session(self, deployment: Deployment) -> aiohttp.ClientSession:
         return self._by_deployment[deployment.id]
 
+    async def post(
+        self, deployment: Deployment, request: UpstreamRequest, request_id: str | None
+    ) -> UpstreamResponse:
+        response: UpstreamResponse = await self._by_deployment[deployment.id].post(
+            request.url,
+            data=request.body,
+            headers=_with_request_id(request.headers, request_id),
+            timeout=deployment.timeout,
+        )
+        return response
+
+    def errors(self, deployment: Deployment, phase: str) -> AbstractContextManager[None]:
+        return transport_errors(deployment, phase)
+
     async def close(self) -> None:
         for session in self._sessions.values():
             await session.close()
@@ -77,6 +138,13 @@ def transport_errors(deployment: Deployment, phase: str) -> Iterator[None]:
             f"deployment {deployment.id} failed ({phase}): {type(exc).__name__}: {exc}",
             code="upstream_error",
         ) from exc
+
+
+def _with_request_id(headers: Mapping[str, str], request_id: str | None) -> Mapping[str, str]:
+    """The provider's fixed headers plus this request's id (vLLM and most proxies log it)."""
+    if request_id is None:
+        return headers
+    return {**headers, "x-request-id": request_id}
 
 
 def _origin(url: str) -> str:

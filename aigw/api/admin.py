@@ -1,12 +1,11 @@
 """Operator endpoints: live routing signals per deployment, and draining.
 
-Behind ``auth.admin_key`` (``Authorization: Bearer <key>``) when one is configured.
+Behind ``auth.admin_key`` (``Authorization: Bearer <key>``); disabled (403) without one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -14,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from aigw.api.routes import error_response
-from aigw.errors import AuthenticationError, NotFoundError
+from aigw.errors import GatewayError, NotFoundError
 from aigw.fleet.deployment import Deployment
 
 if TYPE_CHECKING:
@@ -24,14 +23,14 @@ __all__ = ["list_deployments", "set_draining"]
 
 
 def _authorized(request: Request) -> AppState | Response:
+    """The app state, or the error response: 403 when no admin key is configured (the admin
+    API is then disabled, never open) or a client key is used, 401 for a missing/wrong key."""
     state: AppState = request.app.state.aigw
-    key = state.config.auth.admin_key
-    if key is not None:
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
-            return error_response(
-                AuthenticationError("A valid admin key is required.", code="invalid_admin_key")
-            )
+    raw = request.headers.get("authorization")
+    try:
+        state.gateway.auth.check_admin(raw.encode("latin-1") if raw is not None else None)
+    except GatewayError as exc:
+        return error_response(exc)
     return state
 
 

@@ -22,7 +22,7 @@ from aigw.api.asgi import (
 )
 from aigw.api.validation import VALIDATORS, parse_body
 from aigw.errors import GatewayError
-from aigw.types import Endpoint, RequestMeta
+from aigw.types import Endpoint, Principal, RequestMeta
 
 if TYPE_CHECKING:
     from aigw.api.state import AppState
@@ -55,14 +55,15 @@ class ProxyEndpoint:
             await send(message)
 
         try:
+            meta = RequestMeta.from_scope(scope)
+            principal = state.gateway.authenticate(meta)  # before reading a byte of the body
             raw = await read_body(scope, receive, state.config.server.max_body_bytes)
             body = parse_body(raw)
             self._validate(body)
-            meta = RequestMeta.from_scope(scope)
             if body.get("stream"):
-                work = self._stream(body, meta, state, tracked_send)
+                work = self._stream(principal, body, meta, state, tracked_send)
             else:
-                work = self._complete(body, meta, state, tracked_send)
+                work = self._complete(principal, body, meta, state, tracked_send)
             await run_until_disconnect(receive, work)
         except GatewayError as exc:
             if not response_started:
@@ -71,22 +72,39 @@ class ProxyEndpoint:
                 log.warning("error after the response started: %s", exc.message)
 
     async def _complete(
-        self, body: dict[str, Any], meta: RequestMeta, state: AppState, send: Send
+        self,
+        principal: Principal,
+        body: dict[str, Any],
+        meta: RequestMeta,
+        state: AppState,
+        send: Send,
     ) -> None:
-        reply = await state.gateway.complete(self.endpoint, body, meta)
+        reply = await state.gateway.complete(principal, self.endpoint, body, meta)
         await send_json(
-            send, 200, reply.body, [(b"x-aigw-deployment", reply.deployment.id.encode())]
+            send,
+            200,
+            reply.body,
+            [(b"x-aigw-deployment", reply.deployment.id.encode()), *reply.headers],
         )
 
     async def _stream(
-        self, body: dict[str, Any], meta: RequestMeta, state: AppState, send: Send
+        self,
+        principal: Principal,
+        body: dict[str, Any],
+        meta: RequestMeta,
+        state: AppState,
+        send: Send,
     ) -> None:
-        stream = await state.gateway.open_stream(self.endpoint, body, meta)
-        headers = [*_SSE_HEADERS, (b"x-aigw-deployment", stream.deployment.id.encode())]
+        stream = await state.gateway.open_stream(principal, self.endpoint, body, meta)
+        headers = [
+            *_SSE_HEADERS,
+            (b"x-aigw-deployment", stream.deployment.id.encode()),
+            *stream.headers,
+        ]
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
         except BaseException:
-            stream.close()
+            await stream.close()
             raise
 
         async def send_chunk(chunk: bytes) -> None:

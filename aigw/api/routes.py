@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from aigw.errors import GatewayError, MethodNotAllowedError, NotFoundError
+from aigw.types import Principal
 
 if TYPE_CHECKING:
     from aigw.api.state import AppState
@@ -36,20 +37,30 @@ def _model_card(name: str, created: int) -> dict[str, object]:
     return {"id": name, "object": "model", "created": created, "owned_by": "aigw"}
 
 
+def _principal(request: Request, state: AppState) -> Principal:
+    raw = request.headers.get("authorization")
+    return state.gateway.auth.authenticate(raw.encode("latin-1") if raw is not None else None)
+
+
 async def list_models(request: Request) -> Response:
+    """The models this key may use (every model on an open gateway)."""
     state = _state(request)
-    return _json(
-        {
-            "object": "list",
-            "data": [_model_card(m.name, state.started_at) for m in state.config.models],
-        }
-    )
+    try:
+        principal = _principal(request, state)
+    except GatewayError as exc:
+        return error_response(exc)
+    names = state.gateway.auth.visible_models(principal, (m.name for m in state.config.models))
+    return _json({"object": "list", "data": [_model_card(n, state.started_at) for n in names]})
 
 
 async def retrieve_model(request: Request) -> Response:
     state = _state(request)
+    try:
+        principal = _principal(request, state)
+    except GatewayError as exc:
+        return error_response(exc)
     name = request.path_params["model"]
-    if state.config.model(name) is None:
+    if state.config.model(name) is None or not principal.may_use(name):
         return error_response(
             NotFoundError(
                 f"The model `{name}` does not exist.", param="model", code="model_not_found"

@@ -26,6 +26,14 @@ class ContextBuilder:
         self._counter = counter
         self._block_chars = block_chars
 
+    async def count_prompt(self, endpoint: Endpoint, body: Mapping[str, Any]) -> int:
+        """The prompt's tokens as the upstream will bill them (chat template overhead included),
+        for TPM; long prompts are counted in a thread."""
+        if endpoint is Endpoint.CHAT:
+            return await self._counter.count_chat_async(body.get("messages") or [])
+        key = "input" if endpoint is Endpoint.EMBEDDINGS else "prompt"
+        return await self._counter.count_prompt_async(body.get(key))
+
     async def build(
         self,
         endpoint: Endpoint,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aigw.config import HealthConfig
+from aigw.errors import GatewayError, UpstreamStatusError
+from aigw.fleet.attempt import Attempt
 from aigw.fleet.deployment import DeploymentState
 
 __all__ = ["OutlierDetector"]
@@ -16,10 +20,34 @@ class OutlierDetector:
     ejects it again for twice as long (capped). One success resets the streak.
     """
 
-    def __init__(self, config: HealthConfig) -> None:
+    def __init__(self, config: HealthConfig, clock: Callable[[], float]) -> None:
         self._threshold = config.consecutive_failures
         self._base = config.base_ejection_seconds
         self._max = config.max_ejection_seconds
+        self._clock = clock
+
+    # As an AttemptObserver: a full answer resets the streak; a retryable failure (the
+    # deployment's fault) extends it, except a 429 (busy, not broken); a non-retryable error
+    # is the request's fault, and the deployment answered, so it counts as healthy.
+
+    def on_dispatch(self, attempt: Attempt) -> None:
+        pass
+
+    def on_first_byte(self, attempt: Attempt) -> None:
+        pass
+
+    def on_success(self, attempt: Attempt) -> None:
+        self.record_success(attempt.deployment.state)
+
+    def on_failure(self, attempt: Attempt, error: GatewayError) -> None:
+        state = attempt.deployment.state
+        if not error.retryable:
+            self.record_success(state)
+        elif not (isinstance(error, UpstreamStatusError) and error.status == 429):
+            self.record_failure(state, error.message, self._clock())
+
+    def on_finish(self, attempt: Attempt) -> None:
+        pass
 
     def record_success(self, state: DeploymentState) -> None:
         state.errors.add(0.0)

@@ -23,7 +23,7 @@ from aigw.providers import make_provider
 from aigw.routing.health import OutlierDetector
 from aigw.types import Endpoint, RouteContext
 
-__all__ = ["ModelRoute", "Router", "build_deployment"]
+__all__ = ["ModelRoute", "Router", "Selection", "build_deployment"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +40,20 @@ class ModelRoute:
     def supports(self, endpoint: Endpoint) -> bool:
         return any(d.provider.supports(endpoint) for d in self.deployments)
 
+    def deployment(self, deployment_id: str) -> Deployment | None:
+        for d in self.deployments:
+            if d.id == deployment_id:
+                return d
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The policy's choice (None: all at capacity) among the request's candidates."""
+
+    chosen: Deployment | None
+    candidates: list[Deployment]
+
 
 class Router:
     def __init__(
@@ -49,7 +63,7 @@ class Router:
         rng: random.Random,
         filters: Sequence[Filter] = (),
     ) -> None:
-        self.health = OutlierDetector(config.health)
+        self.health = OutlierDetector(config.health, clock)
         self._clock = clock
         self._filters = tuple(filters)
         routing = config.routing
@@ -68,21 +82,21 @@ class Router:
         for name in route.fallbacks:
             yield self.models[name]
 
-    def pick(self, route: ModelRoute, ctx: RouteContext, tried: set[str]) -> Deployment | None:
-        """A deployment of ``route`` not yet ``tried`` for this request, or None.
+    def select(self, route: ModelRoute, ctx: RouteContext, tried: set[str]) -> Selection | None:
+        """The deployments of ``route`` that may serve the request, and the policy's choice.
 
-        Candidates: the provider serves the endpoint and the deployment is below its
-        ``max_concurrency``; then every model-aware filter (a filter that leaves nothing, when
-        nothing was tried yet, raises with its reason: 400 if that is the request's fault,
-        503 if it is the fleet's). Ejected deployments are left out unless every remaining
-        candidate is ejected (Envoy's "panic" mode: better to try a maybe-recovered upstream
-        than to fail without trying).
+        Candidates: not yet ``tried`` for this request, the provider serves the endpoint, and
+        every model-aware filter keeps them (a filter that leaves nothing, when nothing was
+        tried yet, raises with its reason: 400 if that is the request's fault, 503 if it is
+        the fleet's). Ejected deployments are left out unless every candidate is ejected
+        (Envoy's "panic" mode: better to try a maybe-recovered upstream than to fail without
+        trying). The policy chooses among the candidates below their ``max_concurrency``
+        as this process sees them; ``chosen`` is None when all are at capacity (the request
+        then queues for any of them). None when no candidate is left at all.
         """
         now = self._clock()
         candidates = [
-            d
-            for d in route.deployments
-            if d.id not in tried and d.provider.supports(ctx.endpoint) and not d.at_capacity
+            d for d in route.deployments if d.id not in tried and d.provider.supports(ctx.endpoint)
         ]
         for keep in self._filters:
             if not candidates:
@@ -98,18 +112,10 @@ class Router:
         for d in candidates:
             engine = d.state.engine
             d.state.engine_stale = engine is None or engine.scraped_at < stale_before
-        healthy = [d for d in candidates if self.health.is_available(d.state, now)]
-        chosen: Deployment = route.policy.pick(healthy or candidates, ctx)
-        return chosen
-
-    @staticmethod
-    def record_dispatch(deployment: Deployment, ctx: RouteContext) -> None:
-        state = deployment.state
-        state.in_flight += 1
-        state.requests += 1
-        state.dispatched += 1
-        if ctx.prefix_blocks:
-            state.prefixes.add(ctx.prefix_blocks)
+        healthy = [d for d in candidates if self.health.is_available(d.state, now)] or candidates
+        free = [d for d in healthy if not d.at_capacity]
+        chosen: Deployment | None = route.policy.pick(free, ctx) if free else None
+        return Selection(chosen, healthy)
 
     def ready_models(self) -> dict[str, bool]:
         """Per model: whether at least one deployment is believed healthy right now."""

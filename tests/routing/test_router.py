@@ -8,7 +8,7 @@ from aigw.config import HealthConfig
 from aigw.configfile import parse_config
 from aigw.fleet.deployment import DeploymentState
 from aigw.routing.health import OutlierDetector
-from aigw.routing.router import Router
+from aigw.routing.router import ModelRoute, Router
 from aigw.types import Endpoint, RouteContext
 
 
@@ -21,7 +21,9 @@ class Clock:
 
 
 def test_ejection_after_consecutive_failures_with_backoff() -> None:
-    detector = OutlierDetector(HealthConfig(consecutive_failures=2, base_ejection_seconds=5))
+    detector = OutlierDetector(
+        HealthConfig(consecutive_failures=2, base_ejection_seconds=5), lambda: 0.0
+    )
     state = DeploymentState()
     detector.record_failure(state, "boom", now=0.0)
     assert detector.is_available(state, 0.0)
@@ -53,14 +55,20 @@ def router(clock: Clock, **deployment_extra: object) -> Router:
 REQUEST = RouteContext(Endpoint.CHAT, "chat", {})
 
 
+def chosen(r: Router, route: ModelRoute, tried: set[str] | None = None) -> str | None:
+    selection = r.select(route, REQUEST, tried or set())
+    assert selection is not None
+    return selection.chosen.id if selection.chosen is not None else None
+
+
 def test_pick_skips_tried_and_ejected_deployments() -> None:
     clock = Clock()
     r = router(clock)
     route = r.models["chat"]
     r.deployments["a"].state.ejected_until = clock.now + 10
-    picks = {r.pick(route, REQUEST, {"b"}).id for _ in range(10)}  # type: ignore[union-attr]
+    picks = {chosen(r, route, {"b"}) for _ in range(10)}
     assert picks == {"c"}
-    assert r.pick(route, REQUEST, {"a", "b", "c"}) is None
+    assert r.select(route, REQUEST, {"a", "b", "c"}) is None
 
 
 def test_panic_mode_uses_ejected_deployments_when_all_are_ejected() -> None:
@@ -68,24 +76,27 @@ def test_panic_mode_uses_ejected_deployments_when_all_are_ejected() -> None:
     r = router(clock)
     for dep in r.deployments.values():
         dep.state.ejected_until = clock.now + 10
-    assert r.pick(r.models["chat"], REQUEST, set()) is not None
+    assert chosen(r, r.models["chat"]) is not None
     assert r.ready_models() == {"chat": False}
 
 
-def test_deployments_at_max_concurrency_are_skipped() -> None:
+def test_deployments_at_max_concurrency_are_not_chosen_but_stay_candidates() -> None:
     clock = Clock()
     r = router(clock, max_concurrency=1)
     r.deployments["a"].state.in_flight = 1
     r.deployments["b"].state.in_flight = 1
-    assert r.pick(r.models["chat"], REQUEST, set()).id == "c"  # type: ignore[union-attr]
+    assert chosen(r, r.models["chat"]) == "c"
     r.deployments["c"].state.in_flight = 1
-    assert r.pick(r.models["chat"], REQUEST, set()) is None
+    selection = r.select(r.models["chat"], REQUEST, set())
+    assert selection is not None
+    assert selection.chosen is None  # every one is full: the request queues for any of them
+    assert [d.id for d in selection.candidates] == ["a", "b", "c"]
 
 
 def test_round_robin_visits_every_deployment_evenly() -> None:
     r = router(Clock())
     route = r.models["chat"]
-    picks = [r.pick(route, REQUEST, set()).id for _ in range(9)]  # type: ignore[union-attr]
+    picks = [chosen(r, route) for _ in range(9)]
     assert sorted(picks) == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
 
 
@@ -107,11 +118,11 @@ def test_filters_that_empty_the_candidates_say_why_with_the_right_status() -> No
     route = r.models["chat"]
     too_long = RouteContext(Endpoint.CHAT, "chat", {}, prompt_tokens=90, max_tokens=20)
     with pytest.raises(InvalidRequestError) as info:
-        r.pick(route, too_long, set())
+        r.select(route, too_long, set())
     assert info.value.code == "no_deployment_context_window"
     for dep in r.deployments.values():
         dep.state.draining = True
     with pytest.raises(ServiceUnavailableError):
-        r.pick(route, REQUEST, set())
+        r.select(route, REQUEST, set())
     # Once a deployment was tried, an empty result means "try the fallbacks", not an error.
-    assert r.pick(route, REQUEST, {"a"}) is None
+    assert r.select(route, REQUEST, {"a"}) is None

@@ -1,0 +1,59 @@
+"""The gateway-local signals of each deployment, recorded from attempts' outcomes.
+
+Policies read what this writes (``deployment.state``): in-flight count, dispatch counters,
+remembered prompt prefixes, latency, time-to-first-token and time-per-output-token EWMAs, the
+output length per request and the prefill time per prompt token.
+"""
+
+from __future__ import annotations
+
+from aigw.errors import GatewayError
+from aigw.fleet.attempt import Attempt
+
+__all__ = ["SignalRecorder"]
+
+
+class SignalRecorder:
+    """An :class:`~aigw.fleet.attempt.AttemptObserver` that keeps ``DeploymentState`` current."""
+
+    __slots__ = ()
+
+    def on_dispatch(self, attempt: Attempt) -> None:
+        state = attempt.deployment.state
+        state.in_flight += 1
+        state.requests += 1
+        state.dispatched += 1
+        if attempt.ctx.prefix_blocks:
+            state.prefixes.add(attempt.ctx.prefix_blocks)
+
+    def on_first_byte(self, attempt: Attempt) -> None:
+        assert attempt.first_byte_at is not None
+        state = attempt.deployment.state
+        seconds = attempt.first_byte_at - attempt.started_at
+        state.observe_first_byte(seconds, attempt.first_byte_at)
+        prompt_tokens = attempt.ctx.prompt_tokens
+        if not attempt.engine_queued and prompt_tokens > 0:
+            state.prefill_per_token.add(seconds / prompt_tokens)
+
+    def on_success(self, attempt: Attempt) -> None:
+        state = attempt.deployment.state
+        usage = attempt.usage
+        if attempt.first_byte_at is None:  # a non-streamed reply: latency is the whole reply
+            if attempt.last_byte_at is not None:
+                state.latency.add(attempt.last_byte_at - attempt.started_at, attempt.last_byte_at)
+            if usage is not None and usage.completion_tokens:
+                state.output_tokens.add(usage.completion_tokens)
+            return
+        # A stream: one SSE event per token for OpenAI-style streams, minus the role chunk
+        # and [DONE], unless the upstream reported the real count.
+        tokens = usage.completion_tokens if usage else max(1, attempt.relayed_events - 2)
+        state.output_tokens.add(tokens)
+        last = attempt.last_byte_at
+        if tokens > 1 and last is not None:
+            state.tpot.add((last - attempt.first_byte_at) / (tokens - 1))
+
+    def on_failure(self, attempt: Attempt, error: GatewayError) -> None:
+        pass  # error rates and ejection belong to the outlier detector
+
+    def on_finish(self, attempt: Attempt) -> None:
+        attempt.deployment.state.in_flight -= 1
