@@ -1,1 +1,67 @@
-"""Shared state: rate limits, admission (queue and slots), sessions; memory and Redis."""
+"""Shared state: rate limits and admission (queue and slots), in memory or on Redis.
+
+:func:`open_state` builds what ``state.backend`` asks for, once, in the app's lifespan:
+``memory`` (this process only) or ``redis`` (shared by every instance, with the fallback that
+``state.on_redis_down`` names). The interfaces are in :mod:`aigw.state.base`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aigw.config import StateConfig
+from aigw.state.base import AdmissionQueue, RateLimiter, StateUnavailableError
+from aigw.state.memory import MemoryAdmissionQueue, MemoryRateLimiter
+from aigw.state.redis import RedisAdmissionQueue, RedisRateLimiter, connect
+from aigw.state.resilient import RedisHealth, ResilientAdmissionQueue, ResilientRateLimiter
+
+__all__ = [
+    "MemoryAdmissionQueue",
+    "MemoryRateLimiter",
+    "RedisAdmissionQueue",
+    "RedisRateLimiter",
+    "SharedState",
+    "StateUnavailableError",
+    "open_state",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedState:
+    """The rate limiter and admission queue every request goes through; close once."""
+
+    limiter: RateLimiter
+    admission: AdmissionQueue
+    closers: tuple[Callable[[], Awaitable[None]], ...] = ()
+
+    async def aclose(self) -> None:
+        for close in self.closers:
+            await close()
+
+
+async def open_state(config: StateConfig, clock: Callable[[], float]) -> SharedState:
+    """The state ``config`` describes. ``clock``: monotonic seconds (``loop.time``).
+
+    With Redis, this returns even when Redis is unreachable: the wrappers start in their
+    outage mode (logged) and move to Redis when it answers.
+    """
+    if config.backend == "memory":
+        return SharedState(MemoryRateLimiter(clock), MemoryAdmissionQueue(clock))
+    client = connect(config)
+    redis_admission = RedisAdmissionQueue(client, config, uuid.uuid4().hex[:16], clock=clock)
+    redis_limiter = RedisRateLimiter(client, config)
+    await redis_admission.start()
+    mode = config.on_redis_down
+    health = RedisHealth(redis_admission.check, mode)
+    try:
+        await redis_limiter.load()
+        await redis_admission.check()
+    except StateUnavailableError as exc:
+        health.trip(exc)
+    limiter = ResilientRateLimiter(redis_limiter, MemoryRateLimiter(clock), health, mode)
+    admission = ResilientAdmissionQueue(
+        redis_admission, MemoryAdmissionQueue(clock), health, mode, clock
+    )
+    return SharedState(limiter, admission, (health.aclose, redis_admission.close, client.aclose))

@@ -1,0 +1,379 @@
+"""In-process rate limits and admission: one gateway process, everything on its event loop.
+
+No locks: every method runs to completion between two awaits, so the state cannot change
+under it. The same contract as :mod:`aigw.state.redis`; :mod:`aigw.state.resilient` also uses
+these as the fallback while Redis is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from bisect import bisect_left, insort
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from operator import attrgetter
+from types import TracebackType
+
+from aigw.state.base import (
+    Charge,
+    Lease,
+    LimitDecision,
+    Pool,
+    Quota,
+    QuotaStatus,
+    Ticket,
+)
+from aigw.state.refusals import max_parallel_error, queue_full_error, queue_timeout_error
+
+__all__ = ["MemoryAdmissionQueue", "MemoryRateLimiter"]
+
+
+# --- rate limits ---------------------------------------------------------------------------
+
+
+class _Log:
+    """One quota's sliding log: request id -> (time, amount), oldest first, and their sum."""
+
+    __slots__ = ("entries", "total")
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self.total = 0
+
+    def prune(self, cutoff: float) -> None:
+        """Drop the entries made at or before ``cutoff`` (they have left the window)."""
+        entries = self.entries
+        while entries:
+            request_id = next(iter(entries))
+            made_at, amount = entries[request_id]
+            if made_at > cutoff:
+                return
+            del entries[request_id]
+            self.total -= amount
+
+    def retry_after(self, need: int, now: float, window_s: float) -> float:
+        """Seconds until the oldest entries free ``need`` units by leaving the window."""
+        freed = 0
+        for made_at, amount in self.entries.values():
+            freed += amount
+            if freed >= need:
+                return max(0.0, made_at + window_s - now)
+        return 0.0  # unreachable while total >= need; a safe answer all the same
+
+    def reset_s(self, now: float, window_s: float) -> float:
+        if not self.entries:
+            return 0.0
+        newest, _ = next(reversed(self.entries.values()))
+        return max(0.0, newest + window_s - now)
+
+
+class MemoryRateLimiter:
+    """:class:`~aigw.state.base.RateLimiter` over per-quota sliding logs in this process.
+
+    ``clock`` is monotonic seconds (``loop.time``). A charge of 0 units is allowed while the
+    quota is below its limit (room for one more unit), as the contract says, and records
+    nothing. Charges of one reservation must name distinct quota keys.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._logs: dict[str, _Log] = {}
+
+    def _log(self, quota: Quota, now: float) -> _Log:
+        log = self._logs.get(quota.key)
+        if log is None:
+            log = self._logs[quota.key] = _Log()
+        else:
+            log.prune(now - quota.window_s)
+        return log
+
+    async def reserve(self, request_id: str, charges: Sequence[Charge]) -> LimitDecision:
+        now = self._clock()
+        logs = [self._log(charge.quota, now) for charge in charges]
+        exceeded: Quota | None = None
+        retry_after: float | None = None
+        for charge, log in zip(charges, logs, strict=True):
+            quota = charge.quota
+            if charge.amount > quota.limit:
+                exceeded = quota
+                break
+            need = log.total + max(charge.amount, 1) - quota.limit
+            if need > 0:
+                exceeded = quota
+                retry_after = log.retry_after(need, now, quota.window_s)
+                break
+        if exceeded is None:
+            for charge, log in zip(charges, logs, strict=True):
+                if charge.amount > 0:
+                    _add(log, request_id, now, charge.amount)
+        statuses = tuple(
+            QuotaStatus(
+                charge.quota,
+                max(0, charge.quota.limit - log.total),
+                log.reset_s(now, charge.quota.window_s),
+            )
+            for charge, log in zip(charges, logs, strict=True)
+        )
+        for charge, log in zip(charges, logs, strict=True):
+            if not log.entries:
+                self._logs.pop(charge.quota.key, None)  # idle quotas cost no memory
+        return LimitDecision(exceeded is None, statuses, exceeded, retry_after)
+
+    async def reconcile(self, request_id: str, quota: Quota, amount: int) -> None:
+        log = self._logs.get(quota.key)
+        entry = None if log is None else log.entries.get(request_id)
+        if log is None or entry is None:
+            return
+        made_at, old = entry
+        if made_at <= self._clock() - quota.window_s:
+            return  # already out of the window: the next check prunes it as it was
+        log.entries[request_id] = (made_at, amount)  # keeps its place (and time)
+        log.total += amount - old
+
+    async def refund(self, request_id: str, quotas: Sequence[Quota]) -> None:
+        for quota in quotas:
+            log = self._logs.get(quota.key)
+            entry = None if log is None else log.entries.pop(request_id, None)
+            if log is not None and entry is not None:
+                log.total -= entry[1]
+
+
+def _add(log: _Log, request_id: str, now: float, amount: int) -> None:
+    old = log.entries.pop(request_id, None)  # a reused id moves to the end (time order)
+    if old is not None:
+        log.total -= old[1]
+    log.entries[request_id] = (now, amount)
+    log.total += amount
+
+
+# --- admission -----------------------------------------------------------------------------
+
+
+class _MemoryLease:
+    __slots__ = ("_held", "_owner", "_pool", "_tenant_pool", "_waited_s")
+
+    def __init__(
+        self,
+        owner: MemoryAdmissionQueue,
+        pool: Pool,
+        tenant_pool: Pool | None,
+        waited_s: float,
+    ) -> None:
+        self._owner = owner
+        self._pool = pool
+        self._tenant_pool = tenant_pool
+        self._waited_s = waited_s
+        self._held = True
+
+    @property
+    def pool(self) -> Pool:
+        return self._pool
+
+    @property
+    def waited_s(self) -> float:
+        return self._waited_s
+
+    async def release(self) -> None:
+        self.release_now()
+
+    def release_now(self) -> None:
+        if self._held:
+            self._held = False
+            self._owner._release(self._pool, self._tenant_pool)
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release_now()
+
+
+class _Waiter:
+    __slots__ = ("choices", "enqueued_at", "future", "key", "queued", "ticket", "vtime")
+
+    def __init__(
+        self,
+        ticket: Ticket,
+        choices: Sequence[Pool],
+        vtime: int,
+        seq: int,
+        future: asyncio.Future[_MemoryLease],
+        enqueued_at: float,
+    ) -> None:
+        self.ticket = ticket
+        self.choices = {pool.id: pool for pool in choices}
+        self.vtime = vtime
+        self.key = (-ticket.priority, vtime, seq)
+        self.future = future
+        self.enqueued_at = enqueued_at
+        self.queued = True
+
+
+_KEY = attrgetter("key")
+
+
+class _Queue:
+    """Waiting tickets in order (priority, fair virtual time, arrival) and the fair clocks."""
+
+    __slots__ = ("tenant_vtime", "vtime", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: list[_Waiter] = []
+        self.vtime = 0  # start-time fair queuing: the virtual time of the last grant
+        self.tenant_vtime: dict[str, int] = {}  # each tenant's last enqueued virtual time
+
+
+class MemoryAdmissionQueue:
+    """:class:`~aigw.state.base.AdmissionQueue` in this process.
+
+    Slots are counters per pool id (deployment pools and tenant pools share one namespace).
+    A released slot goes straight to the best waiting ticket of the queues that list its pool:
+    highest priority first, then the earliest arrival. A ticket whose tenant pool is full is
+    skipped and remembered; when that tenant's slot frees, its tickets are looked at again.
+    Acquiring a free slot with nobody waiting creates no future and no task.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._used: dict[str, int] = {}
+        self._queues: dict[str, _Queue] = {}
+        self._waiting_on: dict[str, dict[str, int]] = {}  # pool id -> {queue: waiters}
+        self._tenant_blocked: dict[str, set[str]] = {}  # tenant pool id -> queues
+        self._seq = 0
+
+    def depth(self, queue: str) -> int:
+        q = self._queues.get(queue)
+        return 0 if q is None else len(q.waiters)
+
+    async def acquire(self, ticket: Ticket, choices: Sequence[Pool]) -> Lease:
+        used = self._used
+        tenant_pool = ticket.tenant_pool
+        if tenant_pool is not None and used.get(tenant_pool.id, 0) >= tenant_pool.size:
+            raise max_parallel_error(ticket)
+        for pool in choices:
+            taken = used.get(pool.id, 0)
+            if taken < pool.size:
+                used[pool.id] = taken + 1
+                if tenant_pool is not None:
+                    used[tenant_pool.id] = used.get(tenant_pool.id, 0) + 1
+                return _MemoryLease(self, pool, tenant_pool, 0.0)
+        return await self._wait(ticket, choices)
+
+    async def _wait(self, ticket: Ticket, choices: Sequence[Pool]) -> Lease:
+        if not choices:
+            raise ValueError("acquire needs at least one pool to choose from")
+        queue = self._queues.get(ticket.queue)
+        if queue is None:
+            queue = self._queues[ticket.queue] = _Queue()
+        if len(queue.waiters) >= ticket.max_queue:
+            raise queue_full_error(ticket)
+        vtime = max(queue.vtime, queue.tenant_vtime.get(ticket.tenant, 0)) + 1
+        queue.tenant_vtime[ticket.tenant] = vtime
+        self._seq += 1
+        future: asyncio.Future[_MemoryLease] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(ticket, choices, vtime, self._seq, future, self._clock())
+        insort(queue.waiters, waiter, key=_KEY)
+        for pool_id in waiter.choices:
+            counts = self._waiting_on.setdefault(pool_id, {})
+            counts[ticket.queue] = counts.get(ticket.queue, 0) + 1
+        try:
+            async with asyncio.timeout(ticket.timeout_s):
+                return await future
+        except TimeoutError:
+            if future.done() and not future.cancelled():
+                return future.result()  # granted as the deadline struck: use it
+            self._remove(waiter)
+            raise queue_timeout_error(ticket) from None
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                future.result().release_now()  # granted in the meantime: pass it on
+            else:
+                self._remove(waiter)
+            raise
+
+    def _remove(self, waiter: _Waiter) -> None:
+        if not waiter.queued:
+            return
+        waiter.queued = False
+        name = waiter.ticket.queue
+        queue = self._queues[name]
+        waiters = queue.waiters
+        index = bisect_left(waiters, waiter.key, key=_KEY)
+        del waiters[index]
+        for pool_id in waiter.choices:
+            counts = self._waiting_on[pool_id]
+            counts[name] -= 1
+            if not counts[name]:
+                del counts[name]
+                if not counts:
+                    del self._waiting_on[pool_id]
+        if not waiters:
+            queue.tenant_vtime.clear()  # everyone is idle: nobody carries credit or debt
+
+    def _release(self, pool: Pool, tenant_pool: Pool | None) -> None:
+        used = self._used
+        used[pool.id] -= 1
+        if tenant_pool is not None:
+            used[tenant_pool.id] -= 1
+        if pool.id in self._waiting_on:
+            self._hand_off(pool)
+        if tenant_pool is not None and tenant_pool.id in self._tenant_blocked:
+            self._unblock(tenant_pool)
+
+    def _has_room(self, pool: Pool) -> bool:
+        return self._used.get(pool.id, 0) < pool.size
+
+    def _hand_off(self, pool: Pool) -> None:
+        """Give ``pool``'s free slots to the best waiting tickets that may use them."""
+        while self._has_room(pool):
+            best: _Waiter | None = None
+            for name in self._waiting_on.get(pool.id, ()):
+                waiter = self._first_eligible(self._queues[name], pool.id)
+                if waiter is not None and (
+                    best is None or (waiter.key[0], waiter.key[2]) < (best.key[0], best.key[2])
+                ):
+                    best = waiter
+            if best is None:
+                return
+            self._grant(best, pool)
+
+    def _first_eligible(self, queue: _Queue, pool_id: str) -> _Waiter | None:
+        for waiter in queue.waiters:
+            if pool_id not in waiter.choices or waiter.future.done():
+                continue  # a done future: cancelled, its task is about to remove it
+            tenant_pool = waiter.ticket.tenant_pool
+            if tenant_pool is not None and not self._has_room(tenant_pool):
+                self._tenant_blocked.setdefault(tenant_pool.id, set()).add(waiter.ticket.queue)
+                continue
+            return waiter
+        return None
+
+    def _unblock(self, tenant_pool: Pool) -> None:
+        """A tenant slot freed: its skipped tickets may now use a pool that has room."""
+        for name in self._tenant_blocked.pop(tenant_pool.id, ()):
+            queue = self._queues.get(name)
+            for waiter in list(queue.waiters if queue is not None else ()):
+                if not self._has_room(tenant_pool):
+                    return
+                if waiter.ticket.tenant_pool != tenant_pool or waiter.future.done():
+                    continue
+                pool = next((p for p in waiter.choices.values() if self._has_room(p)), None)
+                if pool is not None:
+                    self._grant(waiter, pool)
+
+    def _grant(self, waiter: _Waiter, pool: Pool) -> None:
+        self._remove(waiter)
+        queue = self._queues[waiter.ticket.queue]
+        queue.vtime = max(queue.vtime, waiter.vtime)
+        used = self._used
+        used[pool.id] = used.get(pool.id, 0) + 1
+        tenant_pool = waiter.ticket.tenant_pool
+        if tenant_pool is not None:
+            used[tenant_pool.id] = used.get(tenant_pool.id, 0) + 1
+        waited = self._clock() - waiter.enqueued_at
+        waiter.future.set_result(_MemoryLease(self, pool, tenant_pool, waited))
