@@ -24,7 +24,13 @@ def problems(raw: object) -> list[str]:
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("VLLM_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+    for name in (
+        "VLLM_API_KEY",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "AIGW_TEAM_A_KEY",
+        "AIGW_TEAM_B_KEY",
+    ):
         monkeypatch.setenv(name, "secret")
     assert load_config(path).models
 
@@ -115,3 +121,40 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_top_level_must_be_mapping() -> None:
     assert problems(["models"]) == ["gw.yaml: expected a mapping at the top level (got list)"]
+
+
+def test_keys_need_exactly_one_secret_and_name_their_field() -> None:
+    raw = minimal()
+    raw["auth"] = {
+        "keys": [
+            {"name": "a"},
+            {"name": "b", "key": "x", "key_sha256": "0" * 64},
+            {"name": "c", "key_sha256": "XYZ"},
+            {"name": "c", "key": "y", "models": ["nope"]},
+            {"name": "d", "key": "z", "priority": "high"},
+        ]
+    }
+    found = "\n".join(problems(raw))
+    assert "gw.yaml: auth.keys[0]: expected exactly one of key" in found
+    assert "auth.keys[1]: expected exactly one of key" in found
+    assert "auth.keys[2].key_sha256" in found
+    assert "auth.keys[4].priority" in found
+
+
+def test_key_cross_references() -> None:
+    raw = minimal()
+    raw["auth"] = {
+        "keys": [{"name": "a", "key": "x", "models": ["nope"]}, {"name": "a", "key": "y"}]
+    }
+    found = "\n".join(problems(raw))
+    assert "auth.keys[1].name: duplicate key name 'a'" in found
+    assert "auth.keys[0].models[0]: expected the name of a configured model (got 'nope')" in found
+
+
+def test_state_fields_are_checked() -> None:
+    raw = minimal()
+    raw["state"] = {"backend": "redis", "url": "http://x", "timeout_s": 0, "lease_ttl_s": 0.1}
+    found = "\n".join(problems(raw))
+    assert "state.url: expected a redis://" in found
+    assert "state.timeout_s" in found
+    assert "state.lease_ttl_s" in found
