@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -47,7 +47,7 @@ from aigw.config import DeploymentConfig
 from aigw.errors import InvalidRequestError, UpstreamStatusError
 from aigw.providers.anthropic_request import DEFAULT_MAX_TOKENS, to_anthropic_request
 from aigw.sse import DONE, ServerSentEvent, SSEDecoder
-from aigw.types import Endpoint, UpstreamRequest
+from aigw.types import Endpoint, UpstreamRequest, Usage
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -105,7 +105,7 @@ class AnthropicProvider:
     def supports(self, endpoint: Endpoint) -> bool:
         return endpoint is Endpoint.CHAT
 
-    def build_request(self, endpoint: Endpoint, body: dict[str, Any]) -> UpstreamRequest:
+    def build_request(self, endpoint: Endpoint, body: Mapping[str, Any]) -> UpstreamRequest:
         if endpoint is not Endpoint.CHAT:
             raise InvalidRequestError(
                 f"Anthropic deployments serve only chat/completions, not {endpoint.value}"
@@ -113,11 +113,15 @@ class AnthropicProvider:
         upstream = to_anthropic_request(body, self._model)
         return UpstreamRequest(self._url, self._headers, orjson.dumps(upstream))
 
-    def parse_response(self, endpoint: Endpoint, status: int, body: bytes) -> bytes:
+    def parse_response(
+        self, endpoint: Endpoint, status: int, body: bytes
+    ) -> tuple[bytes, Usage | None]:
         message = _load_object(body, "response")
-        return orjson.dumps(to_openai_completion(message, int(self._clock())))
+        completion = to_openai_completion(message, int(self._clock()))
+        usage = message.get("usage")
+        return orjson.dumps(completion), _to_usage(usage) if isinstance(usage, dict) else None
 
-    def stream_translator(self, endpoint: Endpoint, request: dict[str, Any]) -> AnthropicStream:
+    def stream_translator(self, endpoint: Endpoint, request: Mapping[str, Any]) -> AnthropicStream:
         options = request.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         return AnthropicStream(self._model, int(self._clock()), include_usage=include_usage)
@@ -181,6 +185,12 @@ def _usage(usage: dict[str, Any]) -> dict[str, Any]:
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cached},
     }
+
+
+def _to_usage(usage: dict[str, Any]) -> Usage:
+    """Anthropic's usage as :class:`Usage`: prompt tokens include cache writes and reads."""
+    openai = _usage(usage)
+    return Usage(openai["prompt_tokens"], openai["completion_tokens"])
 
 
 def parse_anthropic_error(status: int, body: bytes) -> UpstreamStatusError:
@@ -273,6 +283,11 @@ class AnthropicStream:
         self._finished = False  # message_stop seen, [DONE] sent
         self._emitted = False  # some output already returned to the caller
         self._error: UpstreamStatusError | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        """From ``message_start`` (prompt) and ``message_delta`` (output); None before."""
+        return _to_usage(self._usage) if self._usage else None
 
     def feed(self, chunk: bytes) -> bytes:
         if self._error is not None:

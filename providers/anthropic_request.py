@@ -6,6 +6,7 @@ The translation rules, what is rejected and what is dropped, are listed in the d
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -27,7 +28,7 @@ _REJECTED_IF_SET = (
 )
 
 
-def to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, Any]:
+def to_anthropic_request(body: Mapping[str, Any], model: str) -> dict[str, Any]:
     """The Messages API body for an OpenAI chat completions ``body``; ``body`` is not mutated.
 
     Raises :class:`InvalidRequestError` (with ``param``) for what Anthropic cannot honour.
@@ -73,7 +74,7 @@ def to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, Any]:
     return out
 
 
-def _reject_unsupported(body: dict[str, Any]) -> None:
+def _reject_unsupported(body: Mapping[str, Any]) -> None:
     n = body.get("n")
     if n is not None and n != 1:
         raise InvalidRequestError("Anthropic models return one choice: n must be 1", param="n")
@@ -93,7 +94,7 @@ def _reject_unsupported(body: dict[str, Any]) -> None:
         raise InvalidRequestError("Anthropic models only produce text", param="modalities")
 
 
-def _max_tokens(body: dict[str, Any]) -> int:
+def _max_tokens(body: Mapping[str, Any]) -> int:
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if value is None:

@@ -9,10 +9,11 @@ to :meth:`Provider.parse_response`, :meth:`Provider.stream_translator` or
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from aigw.errors import UpstreamStatusError
-from aigw.types import Endpoint, UpstreamRequest
+from aigw.types import Endpoint, UpstreamRequest, Usage
 
 __all__ = ["Provider", "StreamTranslator"]
 
@@ -26,11 +27,21 @@ class StreamTranslator(Protocol):
     trailing bytes (OpenAI's ``data: [DONE]``, when the upstream does not send it itself).
     A translator raises :class:`~aigw.errors.UpstreamStatusError` when the upstream reports an
     error inside the stream.
+
+    ``usage`` is the token usage the upstream reported in the stream: None until seen, final
+    at the latest after ``finish``. A stream that broke early may hold a partial count (an
+    Anthropic stream knows its prompt tokens from its first event) or none at all (an
+    OpenAI-compatible upstream reports usage only in its last event).
+
+    One translator per response: instances hold the state of their stream.
     """
 
     def feed(self, chunk: bytes) -> bytes: ...
 
     def finish(self) -> bytes: ...
+
+    @property
+    def usage(self) -> Usage | None: ...
 
 
 class Provider(Protocol):
@@ -40,7 +51,7 @@ class Provider(Protocol):
         """Whether this upstream API can serve ``endpoint`` at all."""
         ...
 
-    def build_request(self, endpoint: Endpoint, body: dict[str, Any]) -> UpstreamRequest:
+    def build_request(self, endpoint: Endpoint, body: Mapping[str, Any]) -> UpstreamRequest:
         """Build the upstream request from the client's (already validated) JSON body.
 
         ``body`` is the client's request; the provider must not mutate it (a retry on another
@@ -49,11 +60,17 @@ class Provider(Protocol):
         """
         ...
 
-    def parse_response(self, endpoint: Endpoint, status: int, body: bytes) -> bytes:
-        """Turn a successful (2xx) non-streamed upstream body into OpenAI's JSON bytes."""
+    def parse_response(
+        self, endpoint: Endpoint, status: int, body: bytes
+    ) -> tuple[bytes, Usage | None]:
+        """Turn a successful (2xx) non-streamed upstream body into OpenAI's JSON bytes.
+
+        Returns those bytes and the usage the reply reports (``prompt_tokens`` and
+        ``completion_tokens``; embeddings have 0 completion tokens), None when it has none.
+        """
         ...
 
-    def stream_translator(self, endpoint: Endpoint, request: dict[str, Any]) -> StreamTranslator:
+    def stream_translator(self, endpoint: Endpoint, request: Mapping[str, Any]) -> StreamTranslator:
         """A fresh translator for one streamed response to ``request`` (the client's body)."""
         ...
 

@@ -23,7 +23,7 @@ from aigw.providers.anthropic import (
     AnthropicStream,
 )
 from aigw.sse import SSEDecoder
-from aigw.types import Endpoint
+from aigw.types import Endpoint, Usage
 from tests.fakes.anthropic import MESSAGE_ID, create_fake_anthropic
 from tests.servers import ThreadedServer, serve_in_thread
 
@@ -421,7 +421,7 @@ MAX_TOKENS_MESSAGE: dict[str, Any] = {
 
 
 def completion(message: dict[str, Any]) -> dict[str, Any]:
-    raw = make().parse_response(Endpoint.CHAT, 200, orjson.dumps(message))
+    raw, _ = make().parse_response(Endpoint.CHAT, 200, orjson.dumps(message))
     ChatCompletion.model_validate_json(raw)  # the OpenAI SDK accepts it
     result: dict[str, Any] = orjson.loads(raw)
     return result
@@ -667,6 +667,62 @@ def test_stream_usage_chunk() -> None:
     assert "usage" not in chunks_of(run_stream([TOOL_STREAM]))[-1]
 
 
+def test_stream_usage_is_recorded_as_it_arrives() -> None:
+    translator = AnthropicStream(MODEL, NOW)
+    assert translator.usage is None
+    start = TEXT_STREAM.index(b"event: content_block_start")
+    stop = TEXT_STREAM.index(b"event: message_delta")
+    translator.feed(TEXT_STREAM[:start])
+    assert translator.usage == Usage(25, 1)  # message_start: the prompt, output so far
+    translator.feed(TEXT_STREAM[start:stop])
+    assert translator.usage == Usage(25, 1)
+    translator.feed(TEXT_STREAM[stop:])
+    translator.finish()
+    assert translator.usage == Usage(25, 15)  # message_delta's cumulative output count
+
+
+def test_stream_usage_counts_cache_tokens_as_prompt() -> None:
+    start = message_start("msg_cached").replace(
+        b'"cache_creation_input_tokens":0,"cache_read_input_tokens":0',
+        b'"cache_creation_input_tokens":100,"cache_read_input_tokens":2000',
+    )
+    translator = AnthropicStream(MODEL, NOW, include_usage=True)
+    rest = TEXT_STREAM[TEXT_STREAM.index(b"event: content_block_start") :]
+    output = translator.feed(start + rest) + translator.finish()
+    assert translator.usage == Usage(2125, 15)
+    assert chunks_of(output)[-1]["usage"]["prompt_tokens"] == 2125
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_stream_usage_whatever_the_client_asked(include_usage: bool) -> None:
+    request = chat(stream=True, stream_options={"include_usage": include_usage})
+    translator = make().stream_translator(Endpoint.CHAT, request)
+    for chunk in splits(TOOL_STREAM, 5):
+        translator.feed(chunk)
+    output = translator.finish()
+    assert translator.usage == Usage(25, 89)
+    assert output == b"" or output.endswith(b"data: [DONE]\n\n")
+
+
+def test_reply_usage() -> None:
+    message = {
+        **TEXT_MESSAGE,
+        "usage": {
+            "input_tokens": 472,
+            "cache_creation_input_tokens": 10,
+            "cache_read_input_tokens": 300,
+            "output_tokens": 89,
+        },
+    }
+    raw, usage = make().parse_response(Endpoint.CHAT, 200, orjson.dumps(message))
+    assert usage == Usage(782, 89)
+    assert orjson.loads(raw)["usage"]["prompt_tokens"] == 782
+    plain = orjson.dumps(MAX_TOKENS_MESSAGE)
+    assert make().parse_response(Endpoint.CHAT, 200, plain)[1] == Usage(14, 10)
+    no_usage = {k: v for k, v in TEXT_MESSAGE.items() if k != "usage"}
+    assert make().parse_response(Endpoint.CHAT, 200, orjson.dumps(no_usage))[1] is None
+
+
 def test_message_stop_without_trailing_blank_line() -> None:
     assert run_stream([TEXT_STREAM.removesuffix(b"\n\n")]) == run_stream([TEXT_STREAM])
 
@@ -797,7 +853,7 @@ async def test_round_trip_through_httpx() -> None:
     assert sent.headers["anthropic-version"] == ANTHROPIC_VERSION
     assert orjson.loads(sent.content)["tools"][0]["name"] == "get_weather"
     out = ChatCompletion.model_validate_json(
-        provider.parse_response(Endpoint.CHAT, reply.status_code, reply.content)
+        provider.parse_response(Endpoint.CHAT, reply.status_code, reply.content)[0]
     )
     assert out.choices[0].message.tool_calls is not None
     assert out.choices[0].finish_reason == "tool_calls"
@@ -823,7 +879,7 @@ def test_fake_anthropic_over_a_socket() -> None:
         reply = client.post(upstream.url, content=upstream.body, headers=dict(upstream.headers))
         assert reply.status_code == 200
         out = ChatCompletion.model_validate_json(
-            provider.parse_response(Endpoint.CHAT, reply.status_code, reply.content)
+            provider.parse_response(Endpoint.CHAT, reply.status_code, reply.content)[0]
         )
         assert out.id == MESSAGE_ID
         assert out.choices[0].message.content == "echo: Hello there"

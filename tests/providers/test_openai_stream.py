@@ -1,0 +1,183 @@
+"""OpenAIStream: byte-exact relay, usage read from the stream, the injected usage event dropped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from openai.types.chat import ChatCompletionChunk
+
+from aigw.providers import StreamTranslator
+from aigw.providers.openai_stream import OpenAIStream
+from aigw.sse import SSEDecoder
+from aigw.types import Usage
+
+HEAD: dict[str, Any] = {
+    "id": "chatcmpl-42",
+    "object": "chat.completion.chunk",
+    "created": 1_700_000_000,
+    "model": "llama",
+}
+
+
+def event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def delta(content: str, finish: str | None = None, **extra: Any) -> bytes:
+    choice = {"index": 0, "delta": {"content": content}, "logprobs": None, "finish_reason": finish}
+    return event({**HEAD, **extra, "choices": [choice]})
+
+
+USAGE = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+# vLLM with include_usage: `"usage":null` on every chunk, then a usage-only chunk.
+BODY = [
+    delta("", usage=None),
+    delta("Hello", usage=None),
+    delta(" wörld 🚀", usage=None),
+    delta("!", "stop", usage=None),
+]
+USAGE_EVENT = event({**HEAD, "usage": USAGE, "choices": []})  # vLLM's order: usage first
+DONE = b"data: [DONE]\n\n"
+STREAM = [*BODY, USAGE_EVENT, DONE]
+CLIENT_SEES = b"".join([*BODY, DONE])
+
+
+def run(chunks: list[bytes], *, strip: bool) -> tuple[bytes, OpenAIStream]:
+    translator = OpenAIStream(strip_usage_chunk=strip)
+    out = b"".join(translator.feed(chunk) for chunk in chunks)
+    return out + translator.finish(), translator
+
+
+def test_is_a_stream_translator() -> None:
+    translator: StreamTranslator = OpenAIStream()
+    assert translator.usage is None
+
+
+def test_injected_usage_event_is_dropped() -> None:
+    out, translator = run(STREAM, strip=True)
+    assert out == CLIENT_SEES
+    assert translator.usage == Usage(9, 3)
+    events = SSEDecoder().feed(out)
+    assert events[-1].data == "[DONE]"
+    for item in events[:-1]:
+        chunk = ChatCompletionChunk.model_validate_json(item.data)  # `usage: null` is fine
+        assert chunk.choices and chunk.usage is None
+
+
+def test_every_other_event_is_relayed_per_feed() -> None:
+    translator = OpenAIStream(strip_usage_chunk=True)
+    assert [translator.feed(chunk) for chunk in STREAM] == [*BODY, b"", DONE]
+    assert translator.finish() == b""
+
+
+def test_client_asked_for_usage_gets_every_byte() -> None:
+    translator = OpenAIStream(strip_usage_chunk=False)
+    chunks = [b"".join(STREAM[:2]), STREAM[2][:7], STREAM[2][7:], *STREAM[3:]]
+    assert [translator.feed(chunk) for chunk in chunks] == chunks  # the same bytes, at once
+    assert translator.finish() == b""
+    assert translator.usage == Usage(9, 3)
+
+
+def test_split_at_every_byte_offset() -> None:
+    whole = b"".join(STREAM)
+    for at in range(len(whole) + 1):
+        for strip, expected in ((True, CLIENT_SEES), (False, whole)):
+            out, translator = run([whole[:at], whole[at:]], strip=strip)
+            assert out == expected, (at, strip)
+            assert translator.usage == Usage(9, 3), (at, strip)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 64, 100_000])
+@pytest.mark.parametrize("strip", [True, False])
+def test_fixed_size_pieces(size: int, strip: bool) -> None:
+    whole = b"".join(STREAM)
+    out, translator = run([whole[i : i + size] for i in range(0, len(whole), size)], strip=strip)
+    assert out == (CLIENT_SEES if strip else whole)
+    assert translator.usage == Usage(9, 3)
+
+
+@pytest.mark.parametrize("per_chunk", [1, 2, 3, 6])
+def test_several_events_per_chunk(per_chunk: int) -> None:
+    chunks = [b"".join(STREAM[i : i + per_chunk]) for i in range(0, len(STREAM), per_chunk)]
+    out, translator = run(chunks, strip=True)
+    assert out == CLIENT_SEES
+    assert translator.usage == Usage(9, 3)
+
+
+def test_crlf_events() -> None:
+    crlf = [chunk.replace(b"\n", b"\r\n") for chunk in STREAM]
+    whole = b"".join(crlf)
+    expected = b"".join(chunk for chunk in crlf if b'"usage":{' not in chunk)
+    for at in range(len(whole) + 1):
+        out, translator = run([whole[:at], whole[at:]], strip=True)
+        assert out == expected, at
+        assert translator.usage == Usage(9, 3), at
+
+
+def test_openai_order_and_spaced_json() -> None:
+    # OpenAI writes `"choices":[],"usage":{...}`; Python's json.dumps puts a space after ':'.
+    usage_event = b'data: {"id": "c", "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 1}}\n\n'
+    out, translator = run([*BODY, usage_event, DONE], strip=True)
+    assert out == CLIENT_SEES
+    assert translator.usage == Usage(4, 1)
+
+
+def test_usage_on_a_chunk_with_choices_is_kept() -> None:
+    # Some servers (Together, Fireworks) put usage on the finishing chunk: it is content.
+    last = delta("!", "stop", usage=USAGE)
+    stream = [*BODY[:3], last, DONE]
+    out, translator = run(stream, strip=True)
+    assert out == b"".join(stream)
+    assert translator.usage == Usage(9, 3)
+
+
+def test_continuous_usage_is_the_last_seen() -> None:
+    stream = [
+        delta("a", usage={"prompt_tokens": 9, "completion_tokens": 1}),
+        delta("b", "stop", usage={"prompt_tokens": 9, "completion_tokens": 2}),
+        event({**HEAD, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}),
+        DONE,
+    ]
+    out, translator = run(stream, strip=False)
+    assert out == b"".join(stream)
+    assert translator.usage == Usage(9, 2)
+
+
+def test_unterminated_last_event() -> None:
+    stream = [*BODY, USAGE_EVENT.rstrip(b"\n")]
+    out, translator = run(stream, strip=True)
+    assert out == b"".join(BODY)
+    assert translator.usage == Usage(9, 3)
+    out, translator = run([*BODY, DONE.rstrip(b"\n")], strip=True)
+    assert out == b"".join([*BODY, DONE.rstrip(b"\n")])
+    assert translator.usage is None
+
+
+def test_text_mentioning_usage_is_not_mistaken() -> None:
+    tricky = delta('{"usage":{"prompt_tokens":1}, "choices": []}', usage=None)
+    out, translator = run([tricky, DONE], strip=True)
+    assert out == tricky + DONE
+    assert translator.usage is None
+
+
+def test_error_and_comment_events_pass() -> None:
+    stream = [b": keep-alive\n\n", BODY[0], b'data: {"error":{"message":"boom","code":500}}\n\n']
+    out, translator = run(stream, strip=True)
+    assert out == b"".join(stream)
+    assert translator.usage is None
+
+
+def test_usage_object_shapes() -> None:
+    weird = event({"choices": [], "usage": {"prompt_tokens": "7", "completion_tokens": True}})
+    out, translator = run([weird], strip=True)
+    assert (out, translator.usage) == (b"", Usage(0, 0))
+
+
+def test_translators_are_independent() -> None:
+    first, second = OpenAIStream(strip_usage_chunk=True), OpenAIStream(strip_usage_chunk=True)
+    whole = b"".join(STREAM)
+    first.feed(whole[:10])
+    assert second.feed(whole) == CLIENT_SEES
+    assert first.usage is None and second.usage == Usage(9, 3)
