@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 MODEL = "bench-llama"
+ADMIN_KEY = "bench-admin"  # a local benchmark gateway on 127.0.0.1 only
+ADMIN_HEADERS = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 class GatewayStartError(RuntimeError):
@@ -82,6 +84,7 @@ def gateway_config(
         "server": {"host": "127.0.0.1", "port": port, "drain_seconds": 1},
         "models": [{"name": MODEL, "policy": policy, "deployments": deployments}],
         "routing": {"scrape_interval": wall(timing.scrape_interval)},
+        "auth": {"admin_key": ADMIN_KEY},  # the benchmark reads /admin/deployments
         "health": {
             "consecutive_failures": 3,
             "base_ejection_seconds": wall(timing.base_ejection),
@@ -108,7 +111,9 @@ class GatewayHandle:
         """Wait until the gateway holds an engine snapshot of every deployment."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            data = httpx.get(f"{self.url}/admin/deployments", timeout=2.0).json()["data"]
+            data = httpx.get(
+                f"{self.url}/admin/deployments", headers=ADMIN_HEADERS, timeout=2.0
+            ).json()["data"]
             if all(d["engine"] is not None for d in data):
                 return True
             time.sleep(0.02)

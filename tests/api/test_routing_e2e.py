@@ -16,6 +16,8 @@ from tests.servers import ThreadedServer
 
 Start = Callable[..., ThreadedServer]
 MODEL = "m"
+ADMIN_KEY = "admin-s3cret"
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 HELLO = [{"role": "user", "content": "Hello there"}]
 
 
@@ -71,12 +73,13 @@ async def test_engine_overloaded_by_outside_load_gets_less_traffic(
         {
             "models": [{"name": MODEL, "policy": policy, "deployments": deployments}],
             "routing": {"scrape_interval": 0.1},
+            "auth": {"admin_key": ADMIN_KEY},
         }
     )
     async with outside_load(busy, 8):
         # Wait until the gateway has scraped the busy engine's queue.
         def queue_seen() -> bool:
-            data = httpx.get(f"{gateway.url}/admin/deployments").json()["data"]
+            data = httpx.get(f"{gateway.url}/admin/deployments", headers=ADMIN).json()["data"]
             engine = data[0]["engine"]
             return engine is not None and engine["waiting"] >= 4
 
@@ -166,6 +169,7 @@ async def test_auto_spills_to_cloud_when_gpu_pool_saturates_and_comes_back(
                 }
             ],
             "routing": {"scrape_interval": 0.1},
+            "auth": {"admin_key": ADMIN_KEY},
         }
     )
 
@@ -178,7 +182,9 @@ async def test_auto_spills_to_cloud_when_gpu_pool_saturates_and_comes_back(
         return reply.headers["x-aigw-deployment"]
 
     def engine_waiting() -> float:
-        engine = httpx.get(f"{gateway.url}/admin/deployments").json()["data"][0]["engine"]
+        engine = httpx.get(f"{gateway.url}/admin/deployments", headers=ADMIN).json()["data"][0][
+            "engine"
+        ]
         return -1.0 if engine is None else float(engine["waiting"])
 
     await asyncio.to_thread(wait_until, lambda: engine_waiting() == 0)
