@@ -243,7 +243,8 @@ class Gateway:
                     failures.append((deployment.id, exc))
                     continue
                 except BaseException:  # cancelled: the client went away
-                    await self._settle(dispatch, _ABANDONED)
+                    attempt.abandoned = True
+                    await self._settle(dispatch, None)
                     raise
                 return dispatch, result
         raise _exhausted(request.ctx.model, failures)
@@ -301,7 +302,9 @@ class Gateway:
         self, request: _Request, dispatch: _Dispatch, error: GatewayError | None
     ) -> None:
         """The request is over: settle its attempt, then reconcile what it was charged."""
-        await self._settle(dispatch, error, success=error is None)
+        await self._settle(
+            dispatch, error, success=error is None and not dispatch.attempt.abandoned
+        )
         usage = dispatch.attempt.usage
         if request.booking is not None:
             await request.booking.reconcile(usage)
@@ -311,7 +314,8 @@ class Gateway:
     ) -> None:
         """Close one attempt: tell the observers, release its slot, settle its upstream quota.
 
-        Called exactly once per attempt, on every path.
+        Called exactly once per attempt, on every path. An attempt its client abandoned gets
+        neither ``on_success`` nor ``on_failure`` (it says nothing of the deployment's health).
         """
         attempt = dispatch.attempt
         observers = self._observers
@@ -426,7 +430,8 @@ class UpstreamStream:
                 attempt.usage = translator.usage
             else:
                 response.close()
-            await self._settle(error if error is not None or finished else _ABANDONED)
+            attempt.abandoned = error is None and not finished
+            await self._settle(error)
 
     async def _settle(self, error: GatewayError | None) -> None:
         if not self._accounted:
@@ -436,11 +441,8 @@ class UpstreamStream:
     async def close(self) -> None:
         """Give up on a stream that will not be relayed."""
         self._opened.response.close()
-        await self._settle(_ABANDONED)
-
-
-# The client went away mid-stream: not the deployment's fault, and not a success either.
-_ABANDONED = GatewayError("the client went away before the stream ended", code="client_gone")
+        self._attempt.abandoned = True
+        await self._settle(None)
 
 
 def _quota_spent(spent: DeploymentQuotaSpent) -> RateLimitError:

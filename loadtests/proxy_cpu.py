@@ -89,6 +89,23 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int) -> tuple[int
     return requests, int(bad.group(1)) if bad else 0, errors.group(0) if errors else ""
 
 
+BENCH_KEY = "sk-bench-0123456789"  # a local benchmark gateway on 127.0.0.1 only
+
+
+def _config(args: argparse.Namespace, upstream_port: int) -> str:
+    deployment = f"{{id: upstream, base_url: 'http://127.0.0.1:{upstream_port}/v1', model: bench"
+    deployment += ", max_concurrency: 1000}" if args.features else "}"
+    text = f"models:\n  - name: bench\n    policy: {args.policy}\n    deployments:\n      - {deployment}\n"
+    if args.features:
+        text += (
+            "auth:\n  keys:\n    - {name: bench, key: " + BENCH_KEY + ", rpm: 100000000, "
+            "tpm: 10000000000, max_parallel: 1000}\n"
+        )
+    if args.redis:
+        text += f"state: {{backend: redis, url: '{args.redis}'}}\n"
+    return text
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -97,21 +114,31 @@ def main() -> int:
     parser.add_argument(
         "--stream", action="store_true", help="streamed chat (8 chunks) instead of JSON"
     )
+    parser.add_argument(
+        "--features",
+        action="store_true",
+        help="an API key with rpm, tpm and max_parallel, and max_concurrency on the deployment "
+        "(limits high enough never to refuse): the whole pipeline's cost",
+    )
+    parser.add_argument(
+        "--redis", metavar="URL", help="state.backend: redis at URL (e.g. redis://127.0.0.1:6379/9)"
+    )
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter of the gateway (another install)"
+    )
     args = parser.parse_args()
 
     upstream_port, gateway_port = free_port(), free_port()
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yaml"
-        config.write_text(
-            f"models:\n  - name: bench\n    policy: {args.policy}\n    deployments:\n"
-            f"      - {{id: upstream, base_url: 'http://127.0.0.1:{upstream_port}/v1', model: bench}}\n"
-        )
+        config.write_text(_config(args, upstream_port))
         body = '{"model": "bench", "messages": [{"role": "user", "content": "ping"}]'
         body += ', "stream": true}' if args.stream else "}"
         script = Path(tmp) / "post.lua"
         script.write_text(
             f"wrk.method = 'POST'\nwrk.body = '{body}'\nwrk.headers['Content-Type'] = 'application/json'\n"
+            + (f"wrk.headers['Authorization'] = 'Bearer {BENCH_KEY}'\n" if args.features else "")
         )
         try:
             processes.append(
@@ -132,7 +159,7 @@ def main() -> int:
                     "taskset",
                     "-c",
                     "0",
-                    sys.executable,
+                    args.python,
                     "-m",
                     "aigw",
                     "--log-level",
@@ -160,6 +187,8 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     process.kill()
     mode = "stream (8 chunks)" if args.stream else "non-stream JSON"
+    mode += ", features on" if args.features else ""
+    mode += f", redis state at {args.redis}" if args.redis else ", memory state"
     print(f"mode: {mode}, {args.connections} connections, {args.seconds} s")
     print(f"requests: {requests} ({requests / args.seconds:.0f}/s), non-2xx: {bad} {socket_errors}")
     print(f"gateway CPU: {used:.2f} s -> {used / max(requests, 1) * 1e6:.0f} CPU-us per request")

@@ -247,3 +247,68 @@ async def test_a_stream_reports_usage_and_releases_when_relayed(make: Any) -> No
 
 def _dep(name: str, **extra: Any) -> dict[str, Any]:
     return {"id": name, "base_url": "http://127.0.0.1:9000/v1", "model": "m", **extra}
+
+
+async def test_a_deployment_whose_own_quota_is_spent_is_skipped_not_failed(make: Any) -> None:
+    p = await make(
+        lambda d, r: FakeResponse(200, [chat_reply()]),
+        deployments=[_dep("a", rpm=1), _dep("b")],
+    )
+    for _ in range(4):
+        await p.complete()
+    served = [dep for dep, _ in p.transport.sent]
+    assert served.count("a") == 1  # its upstream allows one request a minute
+    assert served.count("b") == 3
+    assert p.gateway.router.deployments["a"].state.consecutive_failures == 0
+
+
+async def test_when_every_deployment_quota_is_spent_the_answer_is_429(make: Any) -> None:
+    p = await make(lambda d, r: FakeResponse(200, [chat_reply()]), deployments=[_dep("a", rpm=1)])
+    await p.complete()
+    with pytest.raises(RateLimitError) as info:
+        await p.complete()
+    assert info.value.code == "upstream_quota_exhausted"
+    assert int(info.value.headers["Retry-After"]) >= 1
+
+
+class Recorder:
+    """An AttemptObserver that writes down the events it gets."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_dispatch(self, attempt: Any) -> None:
+        self.events.append(f"dispatch:{attempt.deployment.id}")
+
+    def on_first_byte(self, attempt: Any) -> None:
+        self.events.append("first_byte")
+
+    def on_success(self, attempt: Any) -> None:
+        self.events.append("success")
+
+    def on_failure(self, attempt: Any, error: GatewayError) -> None:
+        self.events.append(f"failure:{error.status}")
+
+    def on_finish(self, attempt: Any) -> None:
+        self.events.append("finish")
+
+
+async def test_observers_hear_each_attempt_once_in_order(make: Any) -> None:
+    from aigw.fleet.attempt import Observers
+
+    def handler(deployment: Any, request: UpstreamRequest) -> FakeResponse:
+        if deployment.id == "a":
+            return FakeResponse(502, [b"bad gateway"])
+        return FakeResponse(200, [chat_reply()])
+
+    p = await make(handler)
+    recorder = Recorder()
+    p.gateway._observers = Observers([recorder])  # noqa: SLF001 - listening in
+    for _ in range(3):
+        await p.complete()
+    attempts = [recorder.events[i : i + 3] for i in range(0, len(recorder.events), 3)]
+    assert len(recorder.events) == 3 * len(attempts)
+    for attempt in attempts:  # each attempt: dispatch, one outcome, finish
+        expected = "failure:502" if attempt[0] == "dispatch:a" else "success"
+        assert attempt[1:] == [expected, "finish"]
+    assert ["dispatch:a", "failure:502", "finish"] in attempts

@@ -10,7 +10,7 @@ binding) listen here; none of them is written to inline by the gateway.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from aigw.errors import GatewayError
@@ -39,7 +39,7 @@ class Attempt:
     last_byte_at: float | None = None
     relayed_events: int = 0
     usage: Usage | None = None
-    error: GatewayError | None = field(default=None)
+    abandoned: bool = False  # the client went away before the attempt ended
 
 
 class AttemptObserver(Protocol):
