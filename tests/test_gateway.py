@@ -303,7 +303,7 @@ async def test_observers_hear_each_attempt_once_in_order(make: Any) -> None:
 
     p = await make(handler)
     recorder = Recorder()
-    p.gateway._observers = Observers([recorder])  # noqa: SLF001 - listening in
+    p.gateway._observers = Observers([recorder])
     for _ in range(3):
         await p.complete()
     attempts = [recorder.events[i : i + 3] for i in range(0, len(recorder.events), 3)]
