@@ -79,45 +79,62 @@ class MemoryRateLimiter:
         self._clock = clock
         self._logs: dict[str, _Log] = {}
 
-    def _log(self, quota: Quota, now: float) -> _Log:
-        log = self._logs.get(quota.key)
-        if log is None:
-            log = self._logs[quota.key] = _Log()
-        else:
-            log.prune(now - quota.window_s)
-        return log
-
     async def reserve(self, request_id: str, charges: Sequence[Charge]) -> LimitDecision:
+        # Hot path (every request of a limited key): one pass to check, one to record.
         now = self._clock()
-        logs = [self._log(charge.quota, now) for charge in charges]
-        exceeded: Quota | None = None
-        retry_after: float | None = None
+        all_logs = self._logs
+        logs: list[_Log] = []
+        for charge in charges:
+            quota = charge.quota
+            log = all_logs.get(quota.key)
+            if log is None:
+                log = all_logs[quota.key] = _Log()
+            elif log.entries:
+                log.prune(now - quota.window_s)
+            logs.append(log)
+            amount = charge.amount
+            if amount > quota.limit:
+                return self._refused(charges, logs, now, quota, None)
+            need = log.total + (amount or 1) - quota.limit
+            if need > 0:
+                retry_after = log.retry_after(need, now, quota.window_s)
+                return self._refused(charges, logs, now, quota, retry_after)
+        statuses: list[QuotaStatus] = []
         for charge, log in zip(charges, logs, strict=True):
             quota = charge.quota
-            if charge.amount > quota.limit:
-                exceeded = quota
-                break
-            need = log.total + max(charge.amount, 1) - quota.limit
-            if need > 0:
-                exceeded = quota
-                retry_after = log.retry_after(need, now, quota.window_s)
-                break
-        if exceeded is None:
-            for charge, log in zip(charges, logs, strict=True):
-                if charge.amount > 0:
-                    _add(log, request_id, now, charge.amount)
-        statuses = tuple(
-            QuotaStatus(
-                charge.quota,
-                max(0, charge.quota.limit - log.total),
-                log.reset_s(now, charge.quota.window_s),
+            amount = charge.amount
+            if amount:
+                _add(log, request_id, now, amount)
+                reset = quota.window_s  # the newest entry is this one
+            else:
+                reset = log.reset_s(now, quota.window_s)
+            statuses.append(QuotaStatus(quota, max(0, quota.limit - log.total), reset))
+        return LimitDecision(True, tuple(statuses))
+
+    def _refused(
+        self,
+        charges: Sequence[Charge],
+        logs: list[_Log],
+        now: float,
+        exceeded: Quota,
+        retry_after: float | None,
+    ) -> LimitDecision:
+        statuses = []
+        for charge in charges:
+            quota = charge.quota
+            log = self._logs.get(quota.key)
+            if log is None:
+                statuses.append(QuotaStatus(quota, quota.limit, 0.0))
+                continue
+            log.prune(now - quota.window_s)
+            statuses.append(
+                QuotaStatus(
+                    quota, max(0, quota.limit - log.total), log.reset_s(now, quota.window_s)
+                )
             )
-            for charge, log in zip(charges, logs, strict=True)
-        )
-        for charge, log in zip(charges, logs, strict=True):
             if not log.entries:
-                self._logs.pop(charge.quota.key, None)  # idle quotas cost no memory
-        return LimitDecision(exceeded is None, statuses, exceeded, retry_after)
+                self._logs.pop(quota.key, None)  # idle quotas cost no memory
+        return LimitDecision(False, tuple(statuses), exceeded, retry_after)
 
     async def reconcile(self, request_id: str, quota: Quota, amount: int) -> None:
         log = self._logs.get(quota.key)

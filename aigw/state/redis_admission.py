@@ -6,7 +6,7 @@ by the release script itself to the best waiting ticket, whichever instance queu
 grant is published on that instance's channel. Each instance runs two tasks:
 
 - one pub/sub listener, which resolves the local waiter of each grant (no polling per waiter)
-  and pings Redis every half second; when the channel breaks or goes quiet for longer than
+  and pings Redis every half second; when the channel breaks or a ping gets no answer within
   ``timeout_s``, every local waiter fails with :class:`StateUnavailableError` (the resilient
   wrapper serves them locally) and the listener reconnects;
 - one upkeep task, every ``lease_ttl_s / 3``: renews the expiry of every lease this instance
@@ -39,7 +39,8 @@ __all__ = ["RedisAdmissionQueue"]
 
 log = logging.getLogger("aigw.state")
 
-_PING_S = 0.5  # the listener pings this often when the channel is quiet
+_PING_S = 0.5  # the listener pings Redis this often...
+_POLL_S = 0.1  # ...and looks for its answer this often: a stop is seen within 0.6 + timeout_s
 _RECONNECT_S = 0.5  # pause between two attempts to subscribe
 _RANK_MAX = 999_999_999  # priorities are clamped to +-this, to fit the fixed-width rank
 
@@ -144,6 +145,7 @@ class RedisAdmissionQueue:
         self._counter = 0
         self._generation = 0  # counts subscriptions: a grant may be lost between two
         self._subscribed = False
+        self._closing = False
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -167,9 +169,13 @@ class RedisAdmissionQueue:
 
     async def close(self) -> None:
         """Stop both tasks; waiters fail. Held leases are not released (their holders do)."""
+        # The flag as well as the cancel: redis-py's pub/sub reader was seen to swallow a
+        # cancellation (redis-py 8.1, Python 3.11); the listener then stops at its next poll.
+        self._closing = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self._timeout_s + 1)
         self._tasks = []
         self._lose_channel(StateUnavailableError("the admission queue is closed"))
         if self._background:
@@ -338,7 +344,7 @@ class RedisAdmissionQueue:
 
     async def _listen(self) -> None:
         failures = 0
-        while True:
+        while not self._closing:
             pubsub = self._redis.pubsub()
             try:
                 await self._serve(pubsub)
@@ -352,7 +358,8 @@ class RedisAdmissionQueue:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(_RECONNECT_S)
+            if not self._closing:
+                await asyncio.sleep(_RECONNECT_S)
 
     async def _serve(self, pubsub: PubSub) -> None:
         async with asyncio.timeout(self._timeout_s):
@@ -363,18 +370,20 @@ class RedisAdmissionQueue:
         self._subscribed = True
         self._ready.set()
         loop = asyncio.get_running_loop()
-        heard = pinged = loop.time()
-        while True:
-            message = await pubsub.get_message(timeout=_PING_S / 2)
+        pinged = loop.time()
+        pinging = False  # a ping is out, its pong not back yet
+        while not self._closing:
+            message = await pubsub.get_message(timeout=_POLL_S)
             now = loop.time()
             if message is not None:
-                heard = now
                 if message["type"] == "message":
                     self._on_grant(message["data"])
-            elif now - heard > self._timeout_s + _PING_S:
-                raise StateUnavailableError("redis stopped answering on the grant channel")
-            elif now - pinged >= _PING_S and now - heard >= _PING_S:
-                pinged = now
+                else:  # the pong (redis-py mangles it with decode_responses: any shape will do)
+                    pinging = False
+            elif pinging and now - pinged > self._timeout_s:
+                raise StateUnavailableError("redis did not answer a ping on the grant channel")
+            if not pinging and now - pinged >= _PING_S:
+                pinged, pinging = now, True
                 await pubsub.ping()
 
     def _on_grant(self, data: str) -> None:
@@ -393,7 +402,7 @@ class RedisAdmissionQueue:
 
     async def _upkeep(self) -> None:
         failing = False
-        while True:
+        while not self._closing:
             await asyncio.sleep(self._upkeep_s)
             try:
                 await self.maintain()
