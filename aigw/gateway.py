@@ -192,12 +192,13 @@ class Gateway:
         )
         request = _Request(f"{self._id_prefix}{next(self._ids)}", principal, route, ctx)
         request.ticket = self.admission.ticket(request.id, principal, model, meta)
-        if self.limits.applies(principal, model):
+        plan = self.limits.plan(principal, model)
+        if plan is not None:
             prompt_tokens = ctx.prompt_tokens
-            if self.limits.counts_tokens(principal, model):
+            if plan.counts_tokens:
                 prompt_tokens = await self._contexts.count_prompt(endpoint, body)
             tokens = self.limits.estimate(prompt_tokens, ctx.max_tokens)
-            request.booking = await self.limits.reserve(request.id, principal, model, tokens)
+            request.booking = await self.limits.reserve(request.id, plan, tokens)
         return request
 
     # --- 3-4: admit, attempt with failover ---------------------------------------------------

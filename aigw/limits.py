@@ -46,6 +46,26 @@ class _Quotas:
         return out
 
 
+class _Plan:
+    """What one (key, model) pair is charged, worked out once and reused per request."""
+
+    __slots__ = ("counts_tokens", "key", "model", "one_request", "shown", "tpm")
+
+    def __init__(self, key: _Quotas, model: _Quotas) -> None:
+        self.key = key
+        self.model = model
+        # The charges of one request, the token amounts filled in per request.
+        self.one_request = tuple(Charge(q, 1) for q in (key.rpm, model.rpm) if q is not None)
+        self.tpm = tuple(q for q in (key.tpm, model.tpm) if q is not None)
+        self.counts_tokens = bool(self.tpm)
+        # The headers describe the key's own quotas (what its client can act on), else the
+        # model's.
+        self.shown = key if key.any else model
+
+    def charges(self, tokens: int) -> list[Charge]:
+        return [*self.one_request, *(Charge(q, tokens) for q in self.tpm)]
+
+
 def _quotas(kind: str, name: str, rpm: int | None, tpm: int | None) -> _Quotas:
     return _Quotas(
         label=f"{kind} `{name}`",
@@ -107,36 +127,31 @@ class RateLimits:
             for d in m.deployments
         }
         self._default_max_tokens = config.tokens.default_max_tokens
+        self._plans: dict[tuple[str, str], _Plan | None] = {}
 
-    def applies(self, principal: Principal, model: str) -> bool:
-        """Whether any key or model quota limits this request (else skip the stage)."""
-        return self._keys.get(principal.name, _NONE).any or self._models[model].any
-
-    def counts_tokens(self, principal: Principal, model: str) -> bool:
-        """Whether a TPM quota applies, so the prompt's tokens must be counted exactly."""
-        return (
-            self._keys.get(principal.name, _NONE).tpm is not None
-            or self._models[model].tpm is not None
-        )
+    def plan(self, principal: Principal, model: str) -> _Plan | None:
+        """The quotas this key's requests to ``model`` are charged; None when none applies."""
+        pair = (principal.name, model)
+        try:
+            return self._plans[pair]
+        except KeyError:
+            key = self._keys.get(principal.name, _NONE)
+            quotas = self._models[model]
+            plan = _Plan(key, quotas) if key.any or quotas.any else None
+            self._plans[pair] = plan  # bounded: keys x models
+            return plan
 
     def estimate(self, prompt_tokens: int, max_tokens: int | None) -> int:
         return prompt_tokens + (self._default_max_tokens if max_tokens is None else max_tokens)
 
-    async def reserve(
-        self, request_id: str, principal: Principal, model: str, tokens: int
-    ) -> Booking:
-        """Charge the request to its key's and model's quotas, or raise 429 (400 if it can
-        never fit)."""
-        key = self._keys.get(principal.name, _NONE)
-        model_quotas = self._models[model]
-        charges = key.charges(tokens) + model_quotas.charges(tokens)
+    async def reserve(self, request_id: str, plan: _Plan, tokens: int) -> Booking:
+        """Charge the request to its key's and model's quotas (``plan``), or raise 429
+        (400 if it can never fit)."""
+        charges = plan.charges(tokens)
         decision = await self._limiter.reserve(request_id, charges)
-        # The headers describe the key's own quotas (what its client can act on), else the
-        # model's.
-        shown = key if key.any else model_quotas
-        headers = _headers(decision.statuses, shown)
+        headers = _headers(decision.statuses, plan.shown)
         if not decision.allowed:
-            raise _refusal(decision, key, model_quotas, tokens, headers)
+            raise _refusal(decision, plan.key, plan.model, tokens, headers)
         return Booking(self._limiter, request_id, charges, headers)
 
     async def reserve_deployment(
@@ -196,6 +211,20 @@ def _refusal(
     )
 
 
+_HEADER_NAMES = {
+    "requests": (
+        b"x-ratelimit-limit-requests",
+        b"x-ratelimit-remaining-requests",
+        b"x-ratelimit-reset-requests",
+    ),
+    "tokens": (
+        b"x-ratelimit-limit-tokens",
+        b"x-ratelimit-remaining-tokens",
+        b"x-ratelimit-reset-tokens",
+    ),
+}
+
+
 def _headers(statuses: Sequence[QuotaStatus], shown: _Quotas) -> list[tuple[bytes, bytes]]:
     """OpenAI's x-ratelimit-{limit,remaining,reset}-{requests,tokens} for the shown quotas."""
     out: list[tuple[bytes, bytes]] = []
@@ -203,15 +232,17 @@ def _headers(statuses: Sequence[QuotaStatus], shown: _Quotas) -> list[tuple[byte
         quota = status.quota
         if quota is not shown.rpm and quota is not shown.tpm:
             continue
-        unit = b"requests" if quota.unit == "requests" else b"tokens"
-        out.append((b"x-ratelimit-limit-" + unit, str(quota.limit).encode()))
-        out.append((b"x-ratelimit-remaining-" + unit, str(max(0, status.remaining)).encode()))
-        out.append((b"x-ratelimit-reset-" + unit, format_reset(status.reset_s).encode()))
+        limit, remaining, reset = _HEADER_NAMES[quota.unit]
+        out.append((limit, b"%d" % quota.limit))
+        out.append((remaining, b"%d" % max(0, status.remaining)))
+        out.append((reset, format_reset(status.reset_s).encode()))
     return out
 
 
 def format_reset(seconds: float) -> str:
     """A duration as OpenAI writes it in x-ratelimit-reset-*: ``"20ms"``, ``"1.5s"``, ``"6m0s"``."""
+    if seconds == _WINDOW_S:
+        return "1m0s"  # the usual case: this request's own entry is the newest
     if seconds <= 0:
         return "0s"
     if seconds < 1:

@@ -126,6 +126,11 @@ def main() -> int:
     parser.add_argument(
         "--python", default=sys.executable, help="interpreter of the gateway (another install)"
     )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="also sample the gateway with py-spy during the measured run (collapsed stacks)",
+    )
     args = parser.parse_args()
 
     upstream_port, gateway_port = free_port(), free_port()
@@ -175,9 +180,22 @@ def main() -> int:
             wait_http(f"http://127.0.0.1:{gateway_port}/healthz")
             url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
             run_wrk(url, script, 3, args.connections)  # warm up pools and caches
+            spy = None
+            if args.profile:
+                spy = subprocess.Popen(
+                    [
+                        *("py-spy", "record", "-p", str(gateway.pid), "-d", str(args.seconds)),
+                        *("-r", "200", "-f", "raw", "-o", args.profile, "--nonblocking"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                processes.append(spy)
             before = tree_cpu_seconds(gateway.pid)
             requests, bad, socket_errors = run_wrk(url, script, args.seconds, args.connections)
             used = tree_cpu_seconds(gateway.pid) - before
+            if spy is not None:
+                spy.wait(30)
         finally:
             for process in processes:
                 process.send_signal(signal.SIGINT)
