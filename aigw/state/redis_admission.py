@@ -24,8 +24,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -309,10 +310,7 @@ class RedisAdmissionQueue:
         ]
         for pool in choices:
             args += (pool.id, pool.size)
-        task = asyncio.create_task(self._forget_now(ticket.queue, args))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
+        return self._spawn(self._forget_now(ticket.queue, args))
 
     async def _forget_now(self, queue: str, args: Sequence[Arg]) -> None:
         try:
@@ -334,11 +332,22 @@ class RedisAdmissionQueue:
             "" if tenant_pool is None else tenant_pool.id,
             0 if tenant_pool is None else tenant_pool.size,
         )
+        # Shielded: a release in the `finally` of a cancelled request still reaches Redis.
+        await asyncio.shield(self._spawn(self._release_now(lease, args)))
+
+    async def _release_now(self, lease: _RedisLease, args: Sequence[Arg]) -> None:
         try:
             await self._release_script((), args)
         except StateUnavailableError as exc:
             # Not renewed any more, the slot returns by itself within lease_ttl_s.
             log.warning("could not release slot %s of %s: %s", lease.id, lease.pool.id, exc)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` as a task that :meth:`close` waits for."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     # --- background tasks --------------------------------------------------------------
 

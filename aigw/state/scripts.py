@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -26,17 +26,24 @@ __all__ = ["Script", "connect", "lua_source", "ping"]
 Arg = str | int | float
 
 
-def connect(config: StateConfig) -> Redis:
-    """A client for ``config.url``; it connects on first use (so Redis may be down now)."""
+def connect(config: StateConfig, *, max_connections: int = 128) -> Redis:
+    """A client for ``config.url``; it connects on first use (so Redis may be down now).
+
+    At most ``max_connections`` connections (one is the grant listener's); a call that finds
+    none free waits for one, within its ``timeout_s`` like everything else.
+    """
     if config.url is None:
         raise ValueError("state.url is required for the redis backend")
-    client: Redis = Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         config.url,
+        max_connections=max_connections,
+        timeout=config.timeout_s,
         socket_timeout=config.timeout_s,
         socket_connect_timeout=config.timeout_s,
         retry=Retry(NoBackoff(), 0),
         decode_responses=True,
     )
+    client: Redis = Redis.from_pool(pool)  # closing the client closes the pool
     return client
 
 

@@ -93,8 +93,8 @@ async def test_a_dead_instances_ticket_leaves_the_queue_after_its_deadline(
     alive = await instance("alive")
     held = await alive.acquire(ticket("r1"), [P])
     # A ticket queued by an instance that died at once: nobody will cancel it.
-    ghost = [config.key_prefix, 1_000_000, "m", "ghost", "1000000000", 1, "ghost:1", "ghost"]
-    ghost += [100_000, "", 0, P.id, P.size]
+    ghost: list[str | int] = [config.key_prefix, 1_000_000, "m", "ghost", "1000000000", 1]
+    ghost += ["ghost:1", "ghost", 100_000, "", 0, P.id, P.size]
     script = lua_source("admission_acquire", prelude="admission_lib")
     assert (await client.eval(script, 0, *ghost))[0] == "queued"
     with pytest.raises(RateLimitError) as refused:
@@ -130,10 +130,44 @@ async def test_every_key_starts_with_the_prefix(redis_server: RedisServer) -> No
         held = await queue.acquire(ticket("r1", tenant_pool=Pool("key:a", 3)), [P])
         waiter = asyncio.create_task(queue.acquire(ticket("r2"), [P]))
         await until(lambda: queue.depth("m") == 1)
-        keys = await redis.keys("*")
+        keys = [str(key) for key in await redis.keys("*")]  # str: decode_responses
         assert keys and all(key.startswith(config.key_prefix) for key in keys)
         await held.release()
         await (await waiter).release()
         await queue.close()
     finally:
         await redis.aclose()
+
+
+def deaf(queue: RedisAdmissionQueue) -> None:
+    """Grants published to ``queue`` are lost on the way (as when its channel drops)."""
+    queue._on_grant = lambda data: None  # type: ignore[method-assign]
+
+
+async def test_a_grant_that_never_arrives_passes_on_when_its_ticket_is_cancelled(
+    instance: Instances,
+) -> None:
+    a, b = await instance("a"), await instance("b")
+    deaf(b)
+    held = await a.acquire(ticket("r1"), [P])
+    lost = asyncio.create_task(b.acquire(ticket("r2"), [P]))
+    await until(lambda: b.depth("m") == 1)
+    waiter = asyncio.create_task(a.acquire(ticket("r3"), [P]))
+    await until(lambda: a.depth("m") == 2)
+    await held.release()  # the slot is r2's in Redis, but b never hears of it
+    lost.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await lost
+    await (await asyncio.wait_for(waiter, 5)).release()
+
+
+async def test_a_grant_that_never_arrives_is_used_at_the_deadline(instance: Instances) -> None:
+    a, b = await instance("a"), await instance("b")
+    deaf(b)
+    held = await a.acquire(ticket("r1"), [P])
+    lost = asyncio.create_task(b.acquire(ticket("r2", timeout_s=0.5), [P]))
+    await until(lambda: b.depth("m") == 1)
+    await held.release()
+    lease = await lost  # no queue_timeout: the cancel script hands the grant over
+    assert lease.pool == P and lease.waited_s >= 0.4
+    await lease.release()

@@ -63,6 +63,9 @@ async def test_local_mode_serves_from_memory_while_redis_is_stopped_then_goes_ba
         started = time.monotonic()
         async with await shared.admission.acquire(ticket("a"), [P]):
             assert time.monotonic() - started < 0.05  # the outage is known: Redis is skipped
+        started = time.monotonic()
+        await shared.limiter.refund("r1", [quota])  # made on Redis: skipped, not awaited
+        assert time.monotonic() - started < 0.05
         assert len(outage_errors(caplog)) == 1  # loud, once
 
         own_redis.signal(signal.SIGCONT)
