@@ -9,9 +9,11 @@ grant is published on that instance's channel. Each instance runs two tasks:
   and pings Redis every half second; when the channel breaks or a ping gets no answer within
   ``timeout_s``, every local waiter fails with :class:`StateUnavailableError` (the resilient
   wrapper serves them locally) and the listener reconnects;
-- one upkeep task, every ``lease_ttl_s / 3``: renews the expiry of every lease this instance
+- one upkeep task, every ``lease_ttl_s / 4``: renews the expiry of every lease this instance
   holds (one script call), and returns to waiters the slots whose leases nobody renewed (a
-  SIGKILLed instance's), so they come back within ``lease_ttl_s``.
+  SIGKILLed instance's). A lease expires ``3/4 x lease_ttl_s`` after its last renewal (so it
+  survives two missed renewals), and some instance's upkeep sees it at most ``lease_ttl_s / 4``
+  later: a dead instance's slots are back within ``lease_ttl_s`` of its death.
 
 A ticket's id in Redis (also its lease id) is ``<instance>:<counter>``, never the request's
 own id, so it is unique and names the instance to wake. Tickets of a dead instance leave the
@@ -124,8 +126,10 @@ class RedisAdmissionQueue:
     ) -> None:
         self._redis = redis
         self._timeout_s = config.timeout_s
-        self._upkeep_s = config.lease_ttl_s / 3
-        self._common: tuple[Arg, ...] = (config.key_prefix, _us(config.lease_ttl_s))
+        self._upkeep_s = config.lease_ttl_s / 4
+        # Expiry 3/4 of the TTL after each renewal, plus at most one upkeep period until an
+        # instance reaps it: within lease_ttl_s in all (module docstring).
+        self._common: tuple[Arg, ...] = (config.key_prefix, _us(config.lease_ttl_s * 0.75))
         self._instance = instance_id
         self._channel = f"{config.key_prefix}inst:{instance_id}"
         self._clock = clock

@@ -72,7 +72,9 @@ async def test_a_dead_instances_slot_returns_after_the_lease_ttl(instance: Insta
     started = time.monotonic()
     lease = await alive.acquire(ticket("r2", timeout_s=5), [P])
     waited = time.monotonic() - started
-    assert 0.5 < waited < 1.0 + 1.0 / 3 + 0.3  # lease_ttl_s = 1, reaped every ttl/3
+    # lease_ttl_s = 1: the lease expires 0.75 s after its last renewal and is reaped within
+    # 0.25 s more, so it is back within the TTL (plus scheduling slack on a busy machine).
+    assert 0.4 < waited < 1.0 + 0.2
     await lease.release()
 
 
