@@ -45,6 +45,7 @@ log = logging.getLogger("aigw.state")
 _PING_S = 0.5  # the listener pings Redis this often...
 _POLL_S = 0.1  # ...and looks for its answer this often: a stop is seen within 0.6 + timeout_s
 _RECONNECT_S = 0.5  # pause between two attempts to subscribe
+_REAP_SLACK_S = 0.005  # an expired lease is reaped this long after its expiry, at the soonest
 _RANK_MAX = 999_999_999  # priorities are clamped to +-this, to fit the fixed-width rank
 
 
@@ -152,6 +153,7 @@ class RedisAdmissionQueue:
         self._subscribed = False
         self._closing = False
         self._ready = asyncio.Event()
+        self._first_waiter = asyncio.Event()  # wakes the upkeep: it reaps sooner for waiters
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
 
@@ -246,6 +248,8 @@ class RedisAdmissionQueue:
         if kind == "queued":
             self._depths[ticket.queue] = int(reply[1])
             waiter.queued = True
+            if len(self._waiters) == 1:
+                self._first_waiter.set()
             if generation != self._generation or not self._subscribed:
                 del self._waiters[lease_id]
                 self._forget_later(ticket, choices, lease_id)
@@ -415,10 +419,18 @@ class RedisAdmissionQueue:
 
     async def _upkeep(self) -> None:
         failing = False
+        next_expiry: float | None = None
         while not self._closing:
-            await asyncio.sleep(self._upkeep_s)
+            delay = self._upkeep_s
+            if next_expiry is not None and self._waiters:
+                # Someone here waits: reap a dead instance's lease the moment it expires.
+                delay = min(delay, max(_REAP_SLACK_S, next_expiry + _REAP_SLACK_S))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._first_waiter.wait()
+            self._first_waiter.clear()
             try:
-                await self.maintain()
+                next_expiry = await self.maintain()
             except StateUnavailableError as exc:
                 if not failing:
                     log.warning("admission upkeep failed (leases not renewed): %s", exc)
@@ -426,8 +438,12 @@ class RedisAdmissionQueue:
             else:
                 failing = False
 
-    async def maintain(self) -> None:
-        """Renew this instance's leases, reap expired ones, refresh queue depths (one call)."""
+    async def maintain(self) -> float | None:
+        """Renew this instance's leases, reap expired ones, refresh queue depths (one call).
+
+        Returns the seconds until the earliest lease of the pools seen here expires (None:
+        no lease is held in them).
+        """
         held = list(self._held.values())
         args: list[Arg] = [*self._common, len(held)]
         for lease in held:
@@ -444,5 +460,7 @@ class RedisAdmissionQueue:
             lost = self._held.pop(lease_id, None)
             if lost is not None:
                 log.warning("slot %s of %s expired before it was renewed", lease_id, lost.pool.id)
-        for queue, depth in zip(queues, reply[split + 1 :], strict=True):
+        for queue, depth in zip(queues, reply[split + 2 :], strict=True):
             self._depths[queue] = int(depth)
+        earliest_us = int(reply[split + 1])
+        return None if earliest_us < 0 else earliest_us / 1e6
