@@ -59,11 +59,17 @@ Send = Callable[[bytes], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A complete, OpenAI-shaped JSON reply, the deployment that produced it, extra headers."""
+    """A complete, OpenAI-shaped JSON reply, the deployment that produced it, extra headers.
+
+    The caller must await ``account()`` once the reply is sent (or could not be): the slot is
+    released and the usage reconciled after the client has its answer, so shared state's
+    round trips add no latency.
+    """
 
     deployment: Deployment
     body: bytes
     headers: list[tuple[bytes, bytes]]
+    account: Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +104,13 @@ class _Request:
 class _Dispatch:
     """An attempt that holds a slot (and maybe an upstream quota), until settled once."""
 
-    __slots__ = ("attempt", "lease", "quota")
+    __slots__ = ("attempt", "lease", "quota", "settled")
 
     def __init__(self, attempt: Attempt, lease: Lease, quota: Booking | None) -> None:
         self.attempt = attempt
         self.lease = lease
         self.quota = quota
+        self.settled = False
 
 
 class Gateway:
@@ -145,8 +152,11 @@ class Gateway:
         except BaseException:
             await self._refund(request)
             raise
-        await self._account(request, dispatch, None)
-        return Reply(dispatch.attempt.deployment, data, request.headers)
+
+        async def account() -> None:
+            await self._account(request, dispatch, None)
+
+        return Reply(dispatch.attempt.deployment, data, request.headers, account)
 
     async def open_stream(
         self, principal: Principal, endpoint: Endpoint, body: dict[str, Any], meta: RequestMeta
@@ -318,6 +328,9 @@ class Gateway:
         Called exactly once per attempt, on every path. An attempt its client abandoned gets
         neither ``on_success`` nor ``on_failure`` (it says nothing of the deployment's health).
         """
+        if dispatch.settled:
+            return
+        dispatch.settled = True
         attempt = dispatch.attempt
         observers = self._observers
         try:

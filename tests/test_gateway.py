@@ -58,6 +58,7 @@ class Pipeline:
 
     async def complete(self, body: dict[str, Any] = BODY) -> bytes:
         reply = await self.gateway.complete(self.principal, Endpoint.CHAT, dict(body), self.meta)
+        await reply.account()
         return reply.body
 
     def in_flight(self) -> dict[str, int]:
@@ -312,3 +313,14 @@ async def test_observers_hear_each_attempt_once_in_order(make: Any) -> None:
         expected = "failure:502" if attempt[0] == "dispatch:a" else "success"
         assert attempt[1:] == [expected, "finish"]
     assert ["dispatch:a", "failure:502", "finish"] in attempts
+
+
+async def test_a_reply_holds_its_slot_until_it_is_accounted(make: Any) -> None:
+    p = await make(
+        lambda d, r: FakeResponse(200, [chat_reply()]), deployments=[_dep("a", max_concurrency=1)]
+    )
+    reply = await p.gateway.complete(p.principal, Endpoint.CHAT, dict(BODY), p.meta)
+    assert p.in_flight() == {"a": 1}  # sent to the client first, then released
+    await reply.account()
+    await reply.account()  # settling twice releases once
+    assert p.in_flight() == {"a": 0}

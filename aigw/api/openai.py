@@ -80,12 +80,15 @@ class ProxyEndpoint:
         send: Send,
     ) -> None:
         reply = await state.gateway.complete(principal, self.endpoint, body, meta)
-        await send_json(
-            send,
-            200,
-            reply.body,
-            [(b"x-aigw-deployment", reply.deployment.id.encode()), *reply.headers],
-        )
+        try:
+            await send_json(
+                send,
+                200,
+                reply.body,
+                [(b"x-aigw-deployment", reply.deployment.id.encode()), *reply.headers],
+            )
+        finally:
+            await reply.account()
 
     async def _stream(
         self,
