@@ -61,6 +61,7 @@ def describe(deployment: Deployment, now: float) -> dict[str, Any]:
         "latency_peak_ewma_s": _round(state.latency.value),
         "output_tokens_ewma": _round(state.output_tokens.value, 1),
         "prefill_s_per_token": _round(state.prefill_per_token.value, 6),
+        "drain_rate_rps": _round(state.completion_rate.value, 3),  # engine finishes per second
         "prefix_blocks_remembered": len(state.prefixes),
         "engine": None
         if engine is None

@@ -181,16 +181,27 @@ async def test_auto_spills_to_cloud_when_gpu_pool_saturates_and_comes_back(
         )
         return reply.headers["x-aigw-deployment"]
 
+    def gpu_signals() -> dict[str, Any]:
+        data: dict[str, Any] = httpx.get(f"{gateway.url}/admin/deployments", headers=ADMIN).json()[
+            "data"
+        ][0]
+        return data
+
     def engine_waiting() -> float:
-        engine = httpx.get(f"{gateway.url}/admin/deployments", headers=ADMIN).json()["data"][0][
-            "engine"
-        ]
+        engine = gpu_signals()["engine"]
         return -1.0 if engine is None else float(engine["waiting"])
+
+    def saturated() -> bool:
+        # The queue is seen, and the drain rate measured from the engine's finished-requests
+        # counter has caught up with it (the quick requests before the load made it high).
+        signals = gpu_signals()
+        engine, rate = signals["engine"], signals["drain_rate_rps"]
+        return engine is not None and engine["waiting"] >= 8 and rate is not None and rate < 1.0
 
     await asyncio.to_thread(wait_until, lambda: engine_waiting() == 0)
     assert {await asyncio.to_thread(served_by) for _ in range(3)} == {"gpu"}  # within SLO: no spill
     async with outside_load(gpu, 12):
-        await asyncio.to_thread(wait_until, lambda: engine_waiting() >= 8)
+        await asyncio.to_thread(wait_until, saturated)
         assert {await asyncio.to_thread(served_by) for _ in range(3)} == {"cloud"}
     # The outside load is gone (its clients disconnected): once scraped, back to the GPU.
     await asyncio.to_thread(wait_until, lambda: engine_waiting() == 0)
