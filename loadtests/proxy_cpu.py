@@ -92,6 +92,18 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int) -> tuple[int
 BENCH_KEY = "sk-bench-0123456789"  # a local benchmark gateway on 127.0.0.1 only
 
 
+def _redis_pid(url: str) -> int | None:
+    """The redis-server's pid when it runs on this machine (to measure its CPU too)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        pid = int(client.info("server")["process_id"])
+    finally:
+        client.close()
+    return pid if Path(f"/proc/{pid}").exists() else None
+
+
 def _config(args: argparse.Namespace, upstream_port: int) -> str:
     deployment = f"{{id: upstream, base_url: 'http://127.0.0.1:{upstream_port}/v1', model: bench"
     deployment += ", max_concurrency: 1000}" if args.features else "}"
@@ -191,9 +203,12 @@ def main() -> int:
                     stderr=subprocess.DEVNULL,
                 )
                 processes.append(spy)
+            redis_pid = _redis_pid(args.redis) if args.redis else None
             before = tree_cpu_seconds(gateway.pid)
+            redis_before = tree_cpu_seconds(redis_pid) if redis_pid else 0.0
             requests, bad, socket_errors = run_wrk(url, script, args.seconds, args.connections)
             used = tree_cpu_seconds(gateway.pid) - before
+            redis_used = tree_cpu_seconds(redis_pid) - redis_before if redis_pid else 0.0
             if spy is not None:
                 spy.wait(30)
         finally:
@@ -210,6 +225,8 @@ def main() -> int:
     print(f"mode: {mode}, {args.connections} connections, {args.seconds} s")
     print(f"requests: {requests} ({requests / args.seconds:.0f}/s), non-2xx: {bad} {socket_errors}")
     print(f"gateway CPU: {used:.2f} s -> {used / max(requests, 1) * 1e6:.0f} CPU-us per request")
+    if args.redis:
+        print(f"redis-server CPU: {redis_used / max(requests, 1) * 1e6:.0f} CPU-us per request")
     return 0 if bad == 0 else 1
 
 
