@@ -10,12 +10,11 @@ queues the request when none has a free slot.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import TracebackType
 
 from aigw.config import GatewayConfig, QueueConfig
 from aigw.errors import InvalidRequestError
 from aigw.fleet.deployment import Deployment
-from aigw.state.base import AdmissionQueue, Lease, Pool, Ticket
+from aigw.state.base import AdmissionQueue, Lease, LeaseContext, Pool, Ticket
 from aigw.types import Principal, RequestMeta
 
 __all__ = ["NO_LEASE", "Admission"]
@@ -23,7 +22,7 @@ __all__ = ["NO_LEASE", "Admission"]
 _UNLIMITED = 2**31 - 1  # a pool without max_concurrency, offered among limited ones
 
 
-class _NoLease:
+class _NoLease(LeaseContext):
     """The lease of a request that needs no slot: holds nothing, releases nothing."""
 
     __slots__ = ()
@@ -31,17 +30,6 @@ class _NoLease:
     waited_s = 0.0
 
     async def release(self) -> None:
-        pass
-
-    async def __aenter__(self) -> _NoLease:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
         pass
 
 

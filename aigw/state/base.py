@@ -23,12 +23,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Protocol
+from typing import Literal, Protocol, Self
 
 __all__ = [
     "AdmissionQueue",
     "Charge",
     "Lease",
+    "LeaseContext",
     "LimitDecision",
     "Pool",
     "Quota",
@@ -181,6 +182,26 @@ class Lease(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+class LeaseContext:
+    """``async with lease:`` for any lease class that has ``release()`` (a slotted mixin)."""
+
+    __slots__ = ()
+
+    async def release(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.release()
 
 
 class AdmissionQueue(Protocol):

@@ -12,11 +12,11 @@ from bisect import bisect_left, insort
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from operator import attrgetter
-from types import TracebackType
 
 from aigw.state.base import (
     Charge,
     Lease,
+    LeaseContext,
     LimitDecision,
     Pool,
     Quota,
@@ -166,7 +166,7 @@ def _add(log: _Log, request_id: str, now: float, amount: int) -> None:
 # --- admission -----------------------------------------------------------------------------
 
 
-class _MemoryLease:
+class _MemoryLease(LeaseContext):
     __slots__ = ("_held", "_owner", "_pool", "_tenant_pool", "_waited_s")
 
     def __init__(
@@ -197,17 +197,6 @@ class _MemoryLease:
         if self._held:
             self._held = False
             self._owner._release(self._pool, self._tenant_pool)
-
-    async def __aenter__(self) -> Lease:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release_now()
 
 
 class _Waiter:

@@ -27,14 +27,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from types import TracebackType
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from aigw.config import StateConfig
-from aigw.state.base import Lease, Pool, StateUnavailableError, Ticket
+from aigw.state.base import Lease, LeaseContext, Pool, StateUnavailableError, Ticket
 from aigw.state.refusals import max_parallel_error, queue_full_error, queue_timeout_error
 from aigw.state.scripts import Arg, Script, lua_source, ping
 
@@ -58,7 +57,7 @@ def _rank(priority: int) -> str:
     return f"{_RANK_MAX + 1 - max(-_RANK_MAX, min(_RANK_MAX, priority)):010d}"
 
 
-class _RedisLease:
+class _RedisLease(LeaseContext):
     __slots__ = ("_held", "_owner", "_pool", "_waited_s", "id", "tenant_pool")
 
     def __init__(
@@ -88,17 +87,6 @@ class _RedisLease:
         if self._held:
             self._held = False
             await self._owner._release(self)
-
-    async def __aenter__(self) -> Lease:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.release()
 
 
 class _Waiter:
