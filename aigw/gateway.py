@@ -39,6 +39,7 @@ from aigw.errors import (
     RateLimitError,
     ServiceUnavailableError,
     UpstreamConnectionError,
+    UpstreamStatusError,
 )
 from aigw.fleet.attempt import Attempt, Observers
 from aigw.fleet.deployment import Deployment
@@ -238,6 +239,9 @@ class Gateway:
                     await lease.release()
                     failures.append((deployment.id, _quota_spent(spent)))
                     continue
+                except BaseException:  # shared state failed, or the client went away
+                    await lease.release()
+                    raise
                 number += 1
                 attempt = Attempt(
                     deployment, request.ctx, number, loop.time(), queued_s=lease.waited_s
@@ -280,7 +284,7 @@ class Gateway:
             finally:
                 response.release()
         if response.status >= 400:
-            raise provider.parse_error(response.status, data)
+            raise _upstream_error(deployment, provider.parse_error(response.status, data))
         attempt.last_byte_at = asyncio.get_running_loop().time()
         body, attempt.usage = provider.parse_response(ctx.endpoint, response.status, data)
         return body
@@ -297,7 +301,8 @@ class Gateway:
                 response = await self._transport.post(deployment, upstream, ctx.request_id)
                 try:
                     if response.status >= 400:
-                        raise provider.parse_error(response.status, await response.read())
+                        error = provider.parse_error(response.status, await response.read())
+                        raise _upstream_error(deployment, error)
                     first = await _first_output(response, translator, deployment)
                 except BaseException:
                     response.close()
@@ -338,11 +343,19 @@ class Gateway:
                 observers.on_failure(attempt, error)
             elif success:
                 observers.on_success(attempt)
-            observers.on_finish(attempt)
         finally:
-            await dispatch.lease.release()
-            if dispatch.quota is not None:
-                await dispatch.quota.reconcile(attempt.usage)
+            try:
+                observers.on_finish(attempt)
+            finally:
+                await dispatch.lease.release()
+                quota = dispatch.quota
+                if quota is not None:
+                    # The upstream's own quota: charged for what it served, nothing if it
+                    # sent nothing back (unreachable, or the client left first).
+                    if attempt.first_byte_at is None and attempt.last_byte_at is None:
+                        await quota.refund()
+                    else:
+                        await quota.reconcile(attempt.usage)
 
     async def _refund(self, request: _Request) -> None:
         if request.booking is not None:
@@ -418,8 +431,11 @@ class UpstreamStream:
                 with self._transport.errors(deployment, "streaming"):
                     async with asyncio.timeout(None) as deadline:
                         while True:
+                            # The idle deadline covers the upstream only: a slow client is
+                            # not the deployment's fault.
                             deadline.reschedule(loop.time() + idle)
                             chunk = await content.readany()
+                            deadline.reschedule(None)
                             if not chunk:
                                 break
                             out = translator.feed(chunk)
@@ -457,6 +473,27 @@ class UpstreamStream:
         self._opened.response.close()
         self._attempt.abandoned = True
         await self._settle(None)
+
+
+def _upstream_error(deployment: Deployment, error: UpstreamStatusError) -> GatewayError:
+    """The upstream's error as the client should see it.
+
+    A 401/403/407 from an upstream means the *gateway's* credentials for that deployment are
+    wrong: not the client's fault, so it is a retryable 502 that counts against the
+    deployment, and the upstream's message (which may quote the key) is not relayed.
+    """
+    if error.status in (401, 403, 407):
+        log.error(
+            "deployment %s rejected the gateway's credentials (HTTP %d)",
+            deployment.id,
+            error.status,
+        )
+        return UpstreamConnectionError(
+            f"deployment {deployment.id} rejected the gateway's credentials "
+            f"(HTTP {error.status}); check its api_key",
+            code="upstream_auth_failed",
+        )
+    return error
 
 
 def _quota_spent(spent: DeploymentQuotaSpent) -> RateLimitError:

@@ -82,12 +82,15 @@ class RequestMeta:
     ``authorization`` is the raw ``Authorization`` header (checked by the auth stage, never
     logged). ``priority`` (``x-aigw-priority``) may only lower the key's priority;
     ``queue_timeout`` (``x-aigw-queue-timeout``, seconds) shortens the model's queue wait.
+    ``invalid``: the error a malformed ``x-aigw-*`` header earned, raised by the caller only
+    after the key was checked (an unauthenticated client learns nothing but 401).
     """
 
     __slots__ = (
         "authorization",
         "client_ip",
         "hash_key",
+        "invalid",
         "priority",
         "queue_timeout",
         "region",
@@ -114,13 +117,15 @@ class RequestMeta:
         self.authorization = authorization
         self.priority = priority
         self.queue_timeout = queue_timeout
+        self.invalid: InvalidRequestError | None = None
 
     @classmethod
     def from_scope(cls, scope: Mapping[str, Any]) -> RequestMeta:
-        """Read the headers; a malformed ``x-aigw-*`` header raises InvalidRequestError."""
+        """Read the headers; a malformed ``x-aigw-*`` header is kept in ``invalid``."""
         hash_key = region = authorization = None
         priority: int | None = None
         queue_timeout: float | None = None
+        invalid: InvalidRequestError | None = None
         tags: frozenset[str] = frozenset()
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -135,11 +140,17 @@ class RequestMeta:
             elif name == b"x-aigw-tags":
                 tags = frozenset(t.strip() for t in value.decode("latin-1").split(",") if t.strip())
             elif name == b"x-aigw-priority":
-                priority = _priority(value)
+                try:
+                    priority = _priority(value)
+                except InvalidRequestError as exc:
+                    invalid = exc
             elif name == b"x-aigw-queue-timeout":
-                queue_timeout = _queue_timeout(value)
+                try:
+                    queue_timeout = _queue_timeout(value)
+                except InvalidRequestError as exc:
+                    invalid = exc
         client = scope.get("client")
-        return cls(
+        meta = cls(
             hash_key,
             region,
             tags,
@@ -149,6 +160,8 @@ class RequestMeta:
             priority,
             queue_timeout,
         )
+        meta.invalid = invalid
+        return meta
 
 
 _PRIORITY_RANGE = 1000  # the same bounds as auth.keys[].priority
@@ -157,7 +170,8 @@ _QUEUE_TIMEOUT_MAX = 3600.0
 
 def _priority(raw: bytes) -> int:
     text = raw.strip()
-    if text.lstrip(b"-").isdigit() and len(text) <= 6:
+    digits = text[1:] if text.startswith(b"-") else text
+    if digits.isdigit() and len(text) <= 6:
         value = int(text)
         if -_PRIORITY_RANGE <= value <= _PRIORITY_RANGE:
             return value

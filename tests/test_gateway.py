@@ -324,3 +324,56 @@ async def test_a_reply_holds_its_slot_until_it_is_accounted(make: Any) -> None:
     await reply.account()
     await reply.account()  # settling twice releases once
     assert p.in_flight() == {"a": 0}
+
+
+async def test_an_upstream_refusing_the_gateways_credentials_fails_over_as_a_502(
+    make: Any,
+) -> None:
+    def handler(deployment: Any, request: UpstreamRequest) -> FakeResponse:
+        if deployment.id == "a":
+            return FakeResponse(401, [b'{"error": {"message": "Incorrect API key: sk-up***"}}'])
+        return FakeResponse(200, [chat_reply()])
+
+    p = await make(handler, deployments=[_dep("a"), _dep("b")])
+    for _ in range(2):
+        await p.complete()  # never the client's 401: a's failure moves on to b
+    assert p.gateway.router.deployments["a"].state.failures >= 1
+    p2 = await make(handler, deployments=[_dep("a")])
+    with pytest.raises(GatewayError) as info:
+        await p2.complete()
+    assert (info.value.status, info.value.code) == (502, "upstream_auth_failed")
+    assert "sk-up" not in info.value.message
+
+
+async def test_a_slow_client_is_not_the_deployments_fault(make: Any) -> None:
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    events = sse(
+        *({**chunk, "choices": [{"index": 0, "delta": {"content": "x"}}]} for _ in range(3)),
+        "[DONE]",
+    )
+    p = await make(lambda d, r: FakeResponse(200, events), deployments=[_dep("a")])
+    deployment = p.gateway.router.deployments["a"]
+    object.__setattr__(deployment.config.timeouts, "idle", 0.02)  # frozen config, test only
+    stream = await p.gateway.open_stream(
+        p.principal, Endpoint.CHAT, {**BODY, "stream": True}, p.meta
+    )
+    got: list[bytes] = []
+
+    async def slow_send(data: bytes) -> None:
+        await asyncio.sleep(0.05)  # the client reads slower than the idle timeout
+        got.append(data)
+
+    await stream.relay(slow_send)
+    assert b"error" not in b"".join(got)
+    assert deployment.state.failures == 0
+
+
+async def test_an_upstream_quota_is_refunded_when_the_upstream_sent_nothing(make: Any) -> None:
+    def handler(deployment: Any, request: UpstreamRequest) -> FakeResponse:
+        raise ConnectionError("refused")
+
+    p = await make(handler, deployments=[_dep("a", rpm=1)])
+    for _ in range(2):  # the second would be refused (429) had the first one been charged
+        with pytest.raises(GatewayError) as info:
+            await p.complete()
+        assert info.value.code != "upstream_quota_exhausted"

@@ -17,6 +17,7 @@ import orjson
 from aigw.errors import GatewayError, PayloadTooLargeError
 
 __all__ = [
+    "ClientDisconnect",
     "Message",
     "Receive",
     "Scope",
@@ -48,7 +49,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] != "http.request":  # http.disconnect while uploading
-            raise asyncio.CancelledError("client disconnected while sending the body")
+            raise ClientDisconnect("client disconnected while sending the body")
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)
@@ -58,6 +59,10 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class ClientDisconnect(Exception):
+    """The client went away before the request was read in full."""
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:

@@ -8,9 +8,11 @@ cancels the upstream request at once, whether it was waiting for a reply or stre
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aigw.api.asgi import (
+    ClientDisconnect,
     Message,
     Receive,
     Scope,
@@ -48,6 +50,7 @@ class ProxyEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: AppState = scope["app"].state.aigw
         response_started = False
+        settle: list[Callable[[], Awaitable[None]]] = []  # accounting left to do
 
         async def tracked_send(message: Message) -> None:
             nonlocal response_started
@@ -57,19 +60,28 @@ class ProxyEndpoint:
         try:
             meta = RequestMeta.from_scope(scope)
             principal = state.gateway.authenticate(meta)  # before reading a byte of the body
+            if meta.invalid is not None:  # a malformed x-aigw-* header, said after the key
+                raise meta.invalid
             raw = await read_body(scope, receive, state.config.server.max_body_bytes)
             body = parse_body(raw)
             self._validate(body)
             if body.get("stream"):
                 work = self._stream(principal, body, meta, state, tracked_send)
             else:
-                work = self._complete(principal, body, meta, state, tracked_send)
+                work = self._complete(principal, body, meta, state, tracked_send, settle)
             await run_until_disconnect(receive, work)
         except GatewayError as exc:
             if not response_started:
                 await send_error(send, exc)
             else:
                 log.warning("error after the response started: %s", exc.message)
+        except ClientDisconnect:
+            return  # gone while sending its body: nothing was started, nothing to answer
+        finally:
+            # After the disconnect watcher has stopped: a client that closes the connection
+            # once it has its reply cannot cut the accounting short.
+            for account in settle:
+                await account()
 
     async def _complete(
         self,
@@ -78,17 +90,16 @@ class ProxyEndpoint:
         meta: RequestMeta,
         state: AppState,
         send: Send,
+        settle: list[Callable[[], Awaitable[None]]],
     ) -> None:
         reply = await state.gateway.complete(principal, self.endpoint, body, meta)
-        try:
-            await send_json(
-                send,
-                200,
-                reply.body,
-                [(b"x-aigw-deployment", reply.deployment.id.encode()), *reply.headers],
-            )
-        finally:
-            await reply.account()
+        settle.append(reply.account)
+        await send_json(
+            send,
+            200,
+            reply.body,
+            [(b"x-aigw-deployment", reply.deployment.id.encode()), *reply.headers],
+        )
 
     async def _stream(
         self,

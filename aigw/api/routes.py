@@ -60,7 +60,12 @@ async def retrieve_model(request: Request) -> Response:
     except GatewayError as exc:
         return error_response(exc)
     name = request.path_params["model"]
-    if state.config.model(name) is None or not principal.may_use(name):
+    if state.config.model(name) is not None and not principal.may_use(name):
+        try:  # the same answer as the proxy endpoints give this key for this model
+            state.gateway.auth.authorize_model(principal, name)
+        except GatewayError as exc:
+            return error_response(exc)
+    if state.config.model(name) is None:
         return error_response(
             NotFoundError(
                 f"The model `{name}` does not exist.", param="model", code="model_not_found"

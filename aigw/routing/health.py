@@ -61,7 +61,10 @@ class OutlierDetector:
         state.consecutive_failures += 1
         state.last_error = reason
         if state.consecutive_failures >= self._threshold or state.ejections:
-            state.ejected_until = now + min(self._max, self._base * 2**state.ejections)
+            # The exponent is capped: past 2**30 the back-off is max_ejection_seconds anyway,
+            # and 2.0**1024 would overflow a float (a long-dead deployment in panic mode).
+            backoff = self._base * 2.0 ** min(state.ejections, 30)
+            state.ejected_until = now + min(self._max, backoff)
             state.ejections += 1
 
     @staticmethod

@@ -66,8 +66,10 @@ def test_missing_and_wrong_keys_get_one_identical_401(
     with sdk(gateway, "sk-nope") as client, pytest.raises(openai.AuthenticationError) as info:
         client.chat.completions.create(model=MODEL, messages=HELLO)
     assert info.value.code == "invalid_api_key"
-    # A key is checked before the body is read: even a malformed body gets the 401.
-    assert httpx.post(url, content=b"{not json").status_code == 401
+    # A key is checked before the body is read, and before the x-aigw-* headers: a malformed
+    # body or header gets the same 401.
+    assert httpx.post(url, content=b"{not json").json() == missing.json()
+    assert httpx.post(url, json=body, headers={"x-aigw-priority": "x"}).json() == missing.json()
 
 
 def test_a_key_may_use_only_its_models_and_sees_only_them(
@@ -82,8 +84,9 @@ def test_a_key_may_use_only_its_models_and_sees_only_them(
         assert TEAM_A not in str(info.value)
         assert [m.id for m in team_a.models.list()] == [MODEL]
         assert sorted(m.id for m in team_b.models.list()) == sorted([MODEL, OTHER])
-        with pytest.raises(openai.NotFoundError):
+        with pytest.raises(openai.PermissionDeniedError) as denied:
             team_a.models.retrieve(OTHER)
+        assert denied.value.code == "model_not_allowed"
         with pytest.raises(openai.AuthenticationError):
             sdk(gateway, "sk-nope").models.list()
 
@@ -120,7 +123,7 @@ def test_rpm_limit_answers_429_with_retry_after_and_openai_headers(
             client.chat.completions.create(model=MODEL, messages=HELLO)
     assert info.value.code == "rate_limit_exceeded"
     retry_after = int(info.value.response.headers["retry-after"])
-    assert 1 <= retry_after <= 60
+    assert 1 <= retry_after <= 61  # 1 s buckets: a charge counts for 60 to 61 s
     assert info.value.response.headers["x-ratelimit-remaining-requests"] == "0"
 
 
@@ -152,6 +155,7 @@ def test_tpm_counts_prompt_and_max_tokens_and_refuses_what_can_never_fit(
     [
         ("x-aigw-priority", "high"),
         ("x-aigw-priority", "99999"),
+        ("x-aigw-priority", "--5"),
         ("x-aigw-queue-timeout", "-1"),
         ("x-aigw-queue-timeout", "1e9"),
         ("x-aigw-queue-timeout", "nan"),

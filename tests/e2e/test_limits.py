@@ -31,6 +31,8 @@ MAX_TOKENS = 40
 IN_FLIGHT = 24
 RPM_KEY = "sk-e2e-rpm-0123456789"
 TPM_KEY = "sk-e2e-tpm-0123456789"
+BIG_KEY = "sk-e2e-big-0123456789"
+BIG_TPM = 1_000_000
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GatewayPr
         keys = [
             {"name": "rpm-team", "key": RPM_KEY, "rpm": RPM},
             {"name": "tpm-team", "key": TPM_KEY, "tpm": TPM},
+            {"name": "big-team", "key": BIG_KEY, "tpm": BIG_TPM, "max_parallel": 100},
         ]
         yield start_gateways(processes, config(redis.url, backend.url, keys), 3)
 
@@ -107,3 +110,28 @@ async def test_tpm_is_exact_across_three_instances(cluster: list[GatewayProcess]
     )
     assert elapsed < 30
     assert TPM * 0.9 <= tokens <= TPM * 1.02
+
+
+async def test_tpm_is_reconciled_with_the_real_usage_over_redis(
+    cluster: list[GatewayProcess],
+) -> None:
+    """A reply's reservation (prompt + max_tokens) is replaced by its usage, also when the
+    client closes its connection as soon as it has the reply (the accounting runs after the
+    response, and a disconnect must not cut it short)."""
+    gateway = cluster[0].url
+    async with httpx.AsyncClient(timeout=30) as client:
+        first = await chat(client, gateway, BIG_KEY, max_tokens=6_000)
+    assert first.status == 200, first.body
+    used = first.body["usage"]["total_tokens"]
+    assert used < 1_000  # far below the 6,000 reserved up front
+    deadline = time.monotonic() + 5
+    async with httpx.AsyncClient(timeout=30) as client:
+        while True:
+            probe = await chat(client, gateway, BIG_KEY, max_tokens=1)
+            assert probe.status == 200, probe.body
+            remaining = int(probe.headers["x-ratelimit-remaining-tokens"])
+            # Everything charged so far: the first reply's usage plus the probes' own
+            # reservations (small); without reconciliation 6,000+ would be missing.
+            if BIG_TPM - remaining < 3_000:
+                break
+            assert time.monotonic() < deadline, f"not reconciled: {BIG_TPM - remaining} charged"

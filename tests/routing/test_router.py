@@ -126,3 +126,14 @@ def test_filters_that_empty_the_candidates_say_why_with_the_right_status() -> No
         r.select(route, REQUEST, set())
     # Once a deployment was tried, an empty result means "try the fallbacks", not an error.
     assert r.select(route, REQUEST, {"a"}) is None
+
+
+def test_back_off_is_capped_however_long_a_deployment_stays_dead() -> None:
+    detector = OutlierDetector(
+        HealthConfig(consecutive_failures=1, base_ejection_seconds=5, max_ejection_seconds=60),
+        lambda: 0.0,
+    )
+    state = DeploymentState()
+    for _ in range(2000):  # 2.0**1024 would overflow without the cap
+        detector.record_failure(state, "down", 0.0)
+    assert state.ejected_until == 60.0
