@@ -3,8 +3,8 @@
 Quotas are built once from the config; per request, :meth:`RateLimits.reserve` charges one
 request and the estimated tokens (prompt tokens plus ``max_tokens``, or
 ``tokens.default_max_tokens`` when the request sets none) against every quota that applies,
-all or nothing, through the shared :class:`~aigw.state.base.RateLimiter` (a sliding log:
-at most N in any 60-second window). The :class:`Booking` it returns is settled exactly once:
+all or nothing, through the shared :class:`~aigw.state.base.RateLimiter` (a bucketed sliding
+window: at most N in any 60-second window). The :class:`Booking` it returns is settled exactly once:
 ``reconcile`` with the real usage after a reply, or ``refund`` when the request was rejected
 downstream or abandoned before the upstream answered.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from aigw.config import GatewayConfig
 from aigw.errors import InvalidRequestError, RateLimitError
-from aigw.state.base import Charge, LimitDecision, Quota, QuotaStatus, RateLimiter
+from aigw.state.base import Charge, LimitDecision, Quota, QuotaStatus, RateLimiter, Stamp
 from aigw.types import Principal, Usage
 
 __all__ = ["Booking", "DeploymentQuotaSpent", "RateLimits", "format_reset"]
@@ -80,17 +80,17 @@ _NONE = _Quotas("", None, None)
 class Booking:
     """The charges one request made; settle it once with :meth:`reconcile` or :meth:`refund`."""
 
-    __slots__ = ("_charges", "_limiter", "_request_id", "_settled", "headers")
+    __slots__ = ("_charges", "_limiter", "_settled", "_stamp", "headers")
 
     def __init__(
         self,
         limiter: RateLimiter,
-        request_id: str,
+        stamp: Stamp,
         charges: Sequence[Charge],
         headers: list[tuple[bytes, bytes]],
     ) -> None:
         self._limiter = limiter
-        self._request_id = request_id
+        self._stamp = stamp  # when the limiter recorded the charges: what settling needs
         self._charges = charges
         self._settled = False
         self.headers = headers  # x-ratelimit-* for the response
@@ -104,14 +104,14 @@ class Booking:
             return
         for charge in self._charges:
             if charge.quota.unit == "tokens" and charge.amount != usage.total_tokens:
-                await self._limiter.reconcile(self._request_id, charge.quota, usage.total_tokens)
+                await self._limiter.reconcile(self._stamp, charge, usage.total_tokens)
 
     async def refund(self) -> None:
         """Undo every charge: the request cost nothing."""
         if self._settled:
             return
         self._settled = True
-        await self._limiter.refund(self._request_id, [c.quota for c in self._charges])
+        await self._limiter.refund(self._stamp, self._charges)
 
 
 class RateLimits:
@@ -152,7 +152,7 @@ class RateLimits:
         headers = _headers(decision.statuses, plan.shown)
         if not decision.allowed:
             raise _refusal(decision, plan.key, plan.model, tokens, headers)
-        return Booking(self._limiter, request_id, charges, headers)
+        return Booking(self._limiter, decision.stamp, charges, headers)
 
     async def reserve_deployment(
         self, request_id: str, deployment_id: str, tokens: int
@@ -166,7 +166,7 @@ class RateLimits:
         decision = await self._limiter.reserve(f"{request_id}@{deployment_id}", charges)
         if not decision.allowed:
             raise DeploymentQuotaSpent(deployment_id, decision.retry_after_s)
-        return Booking(self._limiter, f"{request_id}@{deployment_id}", charges, [])
+        return Booking(self._limiter, decision.stamp, charges, [])
 
     def has_deployment_quota(self, deployment_id: str) -> bool:
         return self._deployments.get(deployment_id, _NONE).any
@@ -241,8 +241,6 @@ def _headers(statuses: Sequence[QuotaStatus], shown: _Quotas) -> list[tuple[byte
 
 def format_reset(seconds: float) -> str:
     """A duration as OpenAI writes it in x-ratelimit-reset-*: ``"20ms"``, ``"1.5s"``, ``"6m0s"``."""
-    if seconds == _WINDOW_S:
-        return "1m0s"  # the usual case: this request's own entry is the newest
     if seconds <= 0:
         return "0s"
     if seconds < 1:

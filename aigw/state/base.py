@@ -4,10 +4,10 @@ Two implementations of each, one contract (``tests/state/``) run against both:
 :mod:`aigw.state.memory` (one process, zero setup) and :mod:`aigw.state.redis` (any number of
 gateway processes sharing one Redis; every check-and-reserve is one atomic Lua script).
 
-Rate limits are sliding logs: a quota allows at most ``limit`` units in **any** window of
-``window_s`` seconds (not a fixed minute, and not a token bucket that lets a full window's
-burst through on top of the rate). Every charge is an entry stamped with the time it was made;
-a check sums the entries of the last ``window_s`` seconds.
+Rate limits are bucketed sliding windows: a quota allows at most ``limit`` units in **any**
+window of ``window_s`` seconds (not a fixed minute, and not a token bucket that lets a full
+window's burst through on top of the rate), with O(1) time and memory per quota; the
+algorithm and its proof are in :mod:`aigw.state.windows`.
 
 Admission hands out :class:`Lease` objects: one slot of one *pool* (a deployment's
 ``max_concurrency``) plus, optionally, one slot of the tenant's own pool (its key's
@@ -35,11 +35,17 @@ __all__ = [
     "Quota",
     "QuotaStatus",
     "RateLimiter",
+    "Stamp",
     "StateUnavailableError",
     "Ticket",
 ]
 
 Unit = Literal["requests", "tokens"]
+
+Stamp = int
+"""When a reservation's charges were recorded: microseconds on the clock of the limiter that
+recorded them (memory: its clock; Redis: Redis's ``TIME``), never negative. Callers keep it
+and pass it back unchanged to :meth:`RateLimiter.reconcile` and :meth:`RateLimiter.refund`."""
 
 
 class StateUnavailableError(Exception):
@@ -96,34 +102,46 @@ class LimitDecision:
     ``allowed`` False means nothing was charged; ``exceeded`` is the first quota that refused
     and ``retry_after_s`` how long until enough of it frees for this request's charge
     (``None`` when the charge is larger than the quota's whole limit: retrying cannot help).
+    ``stamp`` (when allowed) is when the charges were recorded, the handle to settle them.
     """
 
     allowed: bool
     statuses: tuple[QuotaStatus, ...]
     exceeded: Quota | None = None
     retry_after_s: float | None = None
+    stamp: Stamp = 0
 
 
 class RateLimiter(Protocol):
+    """Quotas of at most ``limit`` units in any ``window_s`` seconds (see the module docs).
+
+    Charges are counted in time buckets, not per request, so nothing remembers a request:
+    settling one takes its :class:`Stamp` and the charges it made. Settling adjusts the bucket
+    the charges were recorded in while it is still counted; once it has left the window the
+    charge has aged out as reserved, and settling does nothing. A bucket never goes below 0.
+    """
+
     async def reserve(self, request_id: str, charges: Sequence[Charge]) -> LimitDecision:
         """Check every charge and, only if all fit, record them all at once (atomically).
 
-        ``request_id`` identifies the reservation for :meth:`reconcile` and :meth:`refund`;
-        it must be unique among live reservations. A charge of 0 units is checked (the quota
-        must have room for one more unit) but records nothing.
+        ``request_id`` is for logs only (nothing is stored under it). A charge of 0 units is
+        checked (the quota must have room for one more unit) but records nothing. Charges of
+        one reservation must name distinct quota keys, and a key always the same window.
         """
         ...
 
-    async def reconcile(self, request_id: str, quota: Quota, amount: int) -> None:
-        """Replace the amount this request charged to ``quota`` by the real ``amount``.
+    async def reconcile(self, stamp: Stamp, charge: Charge, actual: int) -> None:
+        """The reservation stamped ``stamp`` charged ``charge``; it really cost ``actual``.
 
-        The entry keeps its original time. Reconciling a charge that has already left the
-        window (or was never made) does nothing.
+        Adds ``actual - charge.amount`` to the bucket it was recorded in (up or down).
         """
         ...
 
-    async def refund(self, request_id: str, quotas: Sequence[Quota]) -> None:
-        """Remove this request's charges to ``quotas`` as if they had never been made."""
+    async def refund(self, stamp: Stamp, charges: Sequence[Charge]) -> None:
+        """Take back ``charges``, reserved at ``stamp``, as if they had never been made.
+
+        Each reservation must be refunded at most once (the buckets cannot tell).
+        """
         ...
 
 

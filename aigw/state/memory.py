@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left, insort
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 
@@ -21,9 +20,11 @@ from aigw.state.base import (
     Pool,
     Quota,
     QuotaStatus,
+    Stamp,
     Ticket,
 )
 from aigw.state.refusals import max_parallel_error, queue_full_error, queue_timeout_error
+from aigw.state.windows import SPAN, BucketWindow, bucket_width_us
 
 __all__ = ["MemoryAdmissionQueue", "MemoryRateLimiter"]
 
@@ -31,136 +32,95 @@ __all__ = ["MemoryAdmissionQueue", "MemoryRateLimiter"]
 # --- rate limits ---------------------------------------------------------------------------
 
 
-class _Log:
-    """One quota's sliding log: request id -> (time, amount), oldest first, and their sum."""
-
-    __slots__ = ("entries", "total")
-
-    def __init__(self) -> None:
-        self.entries: OrderedDict[str, tuple[float, int]] = OrderedDict()
-        self.total = 0
-
-    def prune(self, cutoff: float) -> None:
-        """Drop the entries made at or before ``cutoff`` (they have left the window)."""
-        entries = self.entries
-        while entries:
-            request_id = next(iter(entries))
-            made_at, amount = entries[request_id]
-            if made_at > cutoff:
-                return
-            del entries[request_id]
-            self.total -= amount
-
-    def retry_after(self, need: int, now: float, window_s: float) -> float:
-        """Seconds until the oldest entries free ``need`` units by leaving the window."""
-        freed = 0
-        for made_at, amount in self.entries.values():
-            freed += amount
-            if freed >= need:
-                return max(0.0, made_at + window_s - now)
-        return 0.0  # unreachable while total >= need; a safe answer all the same
-
-    def reset_s(self, now: float, window_s: float) -> float:
-        if not self.entries:
-            return 0.0
-        newest, _ = next(reversed(self.entries.values()))
-        return max(0.0, newest + window_s - now)
-
-
 class MemoryRateLimiter:
-    """:class:`~aigw.state.base.RateLimiter` over per-quota sliding logs in this process.
+    """:class:`~aigw.state.base.RateLimiter` over per-quota bucketed windows in this process
+    (:class:`~aigw.state.windows.BucketWindow`: 61 counters per quota key).
 
-    ``clock`` is monotonic seconds (``loop.time``). A charge of 0 units is allowed while the
-    quota is below its limit (room for one more unit), as the contract says, and records
-    nothing. Charges of one reservation must name distinct quota keys.
+    ``clock`` is monotonic seconds (``loop.time``), never negative (stamps are its
+    microseconds). A charge of 0 units is allowed while the quota is below its limit (room
+    for one more unit), as the contract says, and records nothing.
     """
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._logs: dict[str, _Log] = {}
+        self._windows: dict[str, BucketWindow] = {}  # bounded: quota keys come from config
+
+    def _window(self, quota: Quota, now: int) -> BucketWindow:
+        window = self._windows.get(quota.key)
+        if window is None:
+            window = self._windows[quota.key] = BucketWindow(bucket_width_us(quota.window_s), now)
+        else:
+            window.advance(now // window.width)
+        return window
 
     async def reserve(self, request_id: str, charges: Sequence[Charge]) -> LimitDecision:
         # Hot path (every request of a limited key): one pass to check, one to record.
-        now = self._clock()
-        all_logs = self._logs
-        logs: list[_Log] = []
+        now = int(self._clock() * 1_000_000)
+        all_windows = self._windows
+        windows: list[BucketWindow] = []
         for charge in charges:
             quota = charge.quota
-            log = all_logs.get(quota.key)
-            if log is None:
-                log = all_logs[quota.key] = _Log()
-            elif log.entries:
-                log.prune(now - quota.window_s)
-            logs.append(log)
+            window = all_windows.get(quota.key)  # self._window, inlined: the hot path
+            if window is None:
+                window = self._window(quota, now)
+            elif now // window.width != window.head:
+                window.advance(now // window.width)
+            windows.append(window)
             amount = charge.amount
             if amount > quota.limit:
-                return self._refused(charges, logs, now, quota, None)
-            need = log.total + (amount or 1) - quota.limit
+                return self._refused(charges, windows, now, quota, None)
+            need = window.total + (amount or 1) - quota.limit
             if need > 0:
-                retry_after = log.retry_after(need, now, quota.window_s)
-                return self._refused(charges, logs, now, quota, retry_after)
+                retry_after = window.retry_after_us(need, now) / 1e6
+                return self._refused(charges, windows, now, quota, retry_after)
         statuses: list[QuotaStatus] = []
-        for charge, log in zip(charges, logs, strict=True):
+        for charge, window in zip(charges, windows, strict=True):
             quota = charge.quota
             amount = charge.amount
             if amount:
-                _add(log, request_id, now, amount)
-                reset = quota.window_s  # the newest entry is this one
+                window.counts[window.head % SPAN] += amount  # window.add, inlined
+                window.total += amount
+                reset = ((window.head + SPAN) * window.width - now) / 1e6  # this one is newest
             else:
-                reset = log.reset_s(now, quota.window_s)
-            statuses.append(QuotaStatus(quota, max(0, quota.limit - log.total), reset))
-        return LimitDecision(True, tuple(statuses))
+                reset = window.reset_us(now) / 1e6
+            statuses.append(QuotaStatus(quota, max(0, quota.limit - window.total), reset))
+        return LimitDecision(True, tuple(statuses), stamp=now)
 
     def _refused(
         self,
         charges: Sequence[Charge],
-        logs: list[_Log],
-        now: float,
+        windows: list[BucketWindow],
+        now: int,
         exceeded: Quota,
         retry_after: float | None,
     ) -> LimitDecision:
         statuses = []
-        for charge in charges:
+        for i, charge in enumerate(charges):
             quota = charge.quota
-            log = self._logs.get(quota.key)
-            if log is None:
+            if i < len(windows):
+                window: BucketWindow | None = windows[i]
+            else:  # not looked at yet: bring it up to date, but create nothing
+                window = self._windows.get(quota.key)
+                if window is not None:
+                    window.advance(now // window.width)
+            if window is None:
                 statuses.append(QuotaStatus(quota, quota.limit, 0.0))
-                continue
-            log.prune(now - quota.window_s)
-            statuses.append(
-                QuotaStatus(
-                    quota, max(0, quota.limit - log.total), log.reset_s(now, quota.window_s)
-                )
-            )
-            if not log.entries:
-                self._logs.pop(quota.key, None)  # idle quotas cost no memory
+            else:
+                remaining = max(0, quota.limit - window.total)
+                statuses.append(QuotaStatus(quota, remaining, window.reset_us(now) / 1e6))
         return LimitDecision(False, tuple(statuses), exceeded, retry_after)
 
-    async def reconcile(self, request_id: str, quota: Quota, amount: int) -> None:
-        log = self._logs.get(quota.key)
-        entry = None if log is None else log.entries.get(request_id)
-        if log is None or entry is None:
-            return
-        made_at, old = entry
-        if made_at <= self._clock() - quota.window_s:
-            return  # already out of the window: the next check prunes it as it was
-        log.entries[request_id] = (made_at, amount)  # keeps its place (and time)
-        log.total += amount - old
+    async def reconcile(self, stamp: Stamp, charge: Charge, actual: int) -> None:
+        window = self._windows.get(charge.quota.key)
+        if window is not None and actual != charge.amount:
+            window.adjust(stamp, int(self._clock() * 1_000_000), actual - charge.amount)
 
-    async def refund(self, request_id: str, quotas: Sequence[Quota]) -> None:
-        for quota in quotas:
-            log = self._logs.get(quota.key)
-            entry = None if log is None else log.entries.pop(request_id, None)
-            if log is not None and entry is not None:
-                log.total -= entry[1]
-
-
-def _add(log: _Log, request_id: str, now: float, amount: int) -> None:
-    old = log.entries.pop(request_id, None)  # a reused id moves to the end (time order)
-    if old is not None:
-        log.total -= old[1]
-    log.entries[request_id] = (now, amount)
-    log.total += amount
+    async def refund(self, stamp: Stamp, charges: Sequence[Charge]) -> None:
+        now = int(self._clock() * 1_000_000)
+        for charge in charges:
+            window = self._windows.get(charge.quota.key)
+            if window is not None and charge.amount:
+                window.adjust(stamp, now, -charge.amount)
 
 
 # --- admission -----------------------------------------------------------------------------

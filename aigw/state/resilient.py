@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Literal
@@ -27,8 +26,8 @@ from aigw.state.base import (
     Lease,
     LimitDecision,
     Pool,
-    Quota,
     RateLimiter,
+    Stamp,
     StateUnavailableError,
     Ticket,
 )
@@ -38,8 +37,6 @@ __all__ = ["RedisHealth", "ResilientAdmissionQueue", "ResilientRateLimiter"]
 log = logging.getLogger("aigw.state")
 
 Mode = Literal["local", "reject"]
-
-_LOCAL_IDS = 65_536  # reservations made locally remembered for reconcile/refund (FIFO)
 
 
 def _unavailable() -> ServiceUnavailableError:
@@ -89,7 +86,12 @@ class RedisHealth:
 
 
 class ResilientRateLimiter:
-    """A Redis :class:`RateLimiter` with a local stand-in (or a 503) while Redis is down."""
+    """A Redis :class:`RateLimiter` with a local stand-in (or a 503) while Redis is down.
+
+    Settling goes back to whichever limiter reserved, told by the stamp alone: stamps are
+    never negative, so a local reservation's stamp is handed out as its complement
+    (``~stamp``, negative) and turned back on the way in. Nothing is remembered per request.
+    """
 
     def __init__(
         self, redis: RateLimiter, local: RateLimiter, health: RedisHealth, mode: Mode
@@ -98,7 +100,6 @@ class ResilientRateLimiter:
         self._local = local
         self._health = health
         self._mode = mode
-        self._local_ids: OrderedDict[str, None] = OrderedDict()
 
     async def reserve(self, request_id: str, charges: Sequence[Charge]) -> LimitDecision:
         if not self._health.down:
@@ -109,28 +110,23 @@ class ResilientRateLimiter:
         if self._mode == "reject":
             raise _unavailable()
         decision = await self._local.reserve(request_id, charges)
-        if decision.allowed:
-            self._local_ids[request_id] = None
-            if len(self._local_ids) > _LOCAL_IDS:
-                self._local_ids.popitem(last=False)
-        return decision
+        return replace(decision, stamp=~decision.stamp) if decision.allowed else decision
 
-    async def reconcile(self, request_id: str, quota: Quota, amount: int) -> None:
-        if request_id in self._local_ids:
-            await self._local.reconcile(request_id, quota, amount)
+    async def reconcile(self, stamp: Stamp, charge: Charge, actual: int) -> None:
+        if stamp < 0:
+            await self._local.reconcile(~stamp, charge, actual)
         elif not self._health.down:
             try:
-                await self._redis.reconcile(request_id, quota, amount)
+                await self._redis.reconcile(stamp, charge, actual)
             except StateUnavailableError as exc:
                 self._health.trip(exc)  # the charge stays as reserved until it ages out
 
-    async def refund(self, request_id: str, quotas: Sequence[Quota]) -> None:
-        if request_id in self._local_ids:
-            del self._local_ids[request_id]
-            await self._local.refund(request_id, quotas)
+    async def refund(self, stamp: Stamp, charges: Sequence[Charge]) -> None:
+        if stamp < 0:
+            await self._local.refund(~stamp, charges)
         elif not self._health.down:
             try:
-                await self._redis.refund(request_id, quotas)
+                await self._redis.refund(stamp, charges)
             except StateUnavailableError as exc:
                 self._health.trip(exc)
 

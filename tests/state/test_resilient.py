@@ -52,20 +52,22 @@ async def test_local_mode_serves_from_memory_while_redis_is_stopped_then_goes_ba
     shared = await open_with(own_redis)
     try:
         quota = Quota("k", 3, "tokens")
-        assert (await shared.limiter.reserve("r1", [Charge(quota, 2)])).allowed  # Redis: 1 left
+        on_redis = await shared.limiter.reserve("r1", [Charge(quota, 2)])  # Redis: 1 left
+        assert on_redis.allowed
         own_redis.signal(signal.SIGSTOP)
         started = time.monotonic()
         local = await shared.limiter.reserve("r2", [Charge(quota, 2)])  # this process: 1 left
         assert time.monotonic() - started < BOUND
         assert local.allowed and local.statuses[0].remaining == 1
-        await shared.limiter.reconcile("r2", quota, 1)  # goes where the reservation was made
+        # Settling goes where the reservation was made, told by the stamp alone.
+        await shared.limiter.reconcile(local.stamp, Charge(quota, 2), 1)
         assert (await shared.limiter.reserve("r3", [Charge(quota, 2)])).allowed
         started = time.monotonic()
         async with await shared.admission.acquire(ticket("a"), [P]):
             assert time.monotonic() - started < 0.05  # the outage is known: Redis is skipped
         started = time.monotonic()
-        await shared.limiter.refund("r1", [quota])  # made on Redis: skipped, not awaited
-        assert time.monotonic() - started < 0.05
+        await shared.limiter.refund(on_redis.stamp, [Charge(quota, 2)])  # made on Redis:
+        assert time.monotonic() - started < 0.05  # skipped, not awaited
         assert len(outage_errors(caplog)) == 1  # loud, once
 
         own_redis.signal(signal.SIGCONT)

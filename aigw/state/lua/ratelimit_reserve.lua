@@ -1,59 +1,73 @@
--- Check every charge against its quota's sliding log and, only if all fit, record them all.
--- KEYS: per charge 3 keys: log (ZSET request id -> time in us), amounts (HASH request id ->
---       units), sum (STRING: the units now in the log).
--- ARGV: request id, then per charge: limit, window (us), amount.
--- Returns {allowed (0/1), index of the refusing charge (0: none), retry after (us, -1: never),
+-- Check every charge against its quota's bucketed window and, only if all fit, record them
+-- all (the algorithm and its proof: aigw/state/windows.py).
+-- KEYS: per charge, the quota's HASH: 'h' the newest bucket, 's' the units in buckets
+--       h-60 .. h, and one field per bucket index (decimal) -> units.
+-- ARGV: per charge: limit, bucket width (us), amount.
+-- Returns {index of the refusing charge (0: none), retry after (us, -1: never), stamp (now, us),
 --          then per charge: remaining, reset (us)}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local rid = ARGV[1]
-local n = #KEYS / 3
-local BATCH = 500
+local SPAN = 61
+local n = #KEYS
 
--- Drop the entries that have left the window; return the sum of those left.
-local function prune(log, amounts, sumkey, cutoff)
-  local sum = tonumber(redis.call('GET', sumkey) or '0')
-  while true do
-    local old = redis.call('ZRANGEBYSCORE', log, '-inf', cutoff, 'LIMIT', 0, BATCH)
-    if #old == 0 then break end
-    local amts = redis.call('HMGET', amounts, unpack(old))
-    for i = 1, #amts do sum = sum - (tonumber(amts[i]) or 0) end
-    redis.call('ZREM', log, unpack(old))
-    redis.call('HDEL', amounts, unpack(old))
-    if #old < BATCH then break end
-  end
-  if redis.call('ZCARD', log) == 0 then
-    redis.call('DEL', sumkey)
-    return 0
-  end
-  redis.call('SET', sumkey, sum, 'KEEPTTL')
-  return sum
-end
+local function field(k) return string.format('%d', k) end
 
--- Microseconds until the oldest entries free `need` units by leaving the window.
-local function retry_after(log, amounts, need, window)
-  local freed, start = 0, 0
-  while true do
-    local rows = redis.call('ZRANGE', log, start, start + BATCH - 1, 'WITHSCORES')
-    if #rows == 0 then return 0 end
-    local ids = {}
-    for i = 1, #rows, 2 do ids[#ids + 1] = rows[i] end
-    local amts = redis.call('HMGET', amounts, unpack(ids))
-    for i = 1, #ids do
-      freed = freed + (tonumber(amts[i]) or 0)
-      if freed >= need then return math.max(0, tonumber(rows[2 * i]) + window - now) end
+-- Move a quota's head to now's bucket, taking the buckets that leave the span out of the sum.
+-- Returns the head and the sum; an all-zero quota is deleted (idle quotas cost nothing).
+local function advance(key, width)
+  local b = math.floor(now / width)
+  local hs = redis.call('HMGET', key, 'h', 's')
+  local h, s = tonumber(hs[1]), tonumber(hs[2]) or 0
+  if h == nil then return b, 0 end
+  if b <= h then return h, s end -- the same bucket (or Redis's clock stepped back)
+  if s > 0 and b - h < SPAN then
+    local gone = {}
+    for k = h - SPAN + 1, b - SPAN do gone[#gone + 1] = field(k) end
+    local vals = redis.call('HMGET', key, unpack(gone))
+    for i = 1, #vals do s = s - (tonumber(vals[i]) or 0) end
+    if s > 0 then
+      redis.call('HDEL', key, unpack(gone))
+      redis.call('HSET', key, 'h', field(b), 's', field(s))
+      return b, s
     end
-    start = start + BATCH
   end
+  redis.call('DEL', key) -- every bucket left is 0 (none is ever negative)
+  return b, 0
 end
 
-local sums = {}
+-- The units of buckets head-60 .. head, oldest first.
+local function span(key, head)
+  local fields = {}
+  for k = head - SPAN + 1, head do fields[#fields + 1] = field(k) end
+  return redis.call('HMGET', key, unpack(fields))
+end
+
+local function retry_after(key, head, width, need)
+  local vals, freed = span(key, head), 0
+  for i = 1, SPAN do
+    freed = freed + (tonumber(vals[i]) or 0)
+    if freed >= need then return math.max(0, (head - SPAN + i + SPAN) * width - now) end
+  end
+  return math.max(0, (head + SPAN) * width - now)
+end
+
+local function reset(key, head, width, sum)
+  if sum <= 0 then return 0 end
+  local vals = span(key, head)
+  for i = SPAN, 1, -1 do
+    if (tonumber(vals[i]) or 0) > 0 then
+      return math.max(0, (head - SPAN + i + SPAN) * width - now)
+    end
+  end
+  return 0
+end
+
+local heads, sums = {}, {}
 local refused, retry = 0, -1
 for i = 1, n do
-  local log, amounts, sumkey = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local limit, window = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
-  local amount = tonumber(ARGV[3 * i + 1])
-  sums[i] = prune(log, amounts, sumkey, now - window)
+  local limit, width = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
+  local amount = tonumber(ARGV[3 * i])
+  heads[i], sums[i] = advance(KEYS[i], width)
   if refused == 0 then
     if amount > limit then
       refused = i
@@ -61,37 +75,28 @@ for i = 1, n do
       local need = sums[i] + math.max(amount, 1) - limit
       if need > 0 then
         refused = i
-        retry = retry_after(log, amounts, need, window)
+        retry = retry_after(KEYS[i], heads[i], width, need)
       end
     end
   end
 end
 
-if refused == 0 then
-  for i = 1, n do
-    local amount = tonumber(ARGV[3 * i + 1])
-    if amount > 0 then
-      local log, amounts, sumkey = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-      local ttl = math.max(1, math.ceil(tonumber(ARGV[3 * i]) / 1000))
-      local old = redis.call('HGET', amounts, rid)
-      if old then sums[i] = sums[i] - tonumber(old) end
-      redis.call('ZADD', log, now, rid)
-      redis.call('HSET', amounts, rid, amount)
-      sums[i] = sums[i] + amount
-      redis.call('SET', sumkey, sums[i], 'PX', ttl)
-      redis.call('PEXPIRE', log, ttl)
-      redis.call('PEXPIRE', amounts, ttl)
-    end
-  end
-end
-
-local reply = {refused == 0 and 1 or 0, refused, retry}
+local reply = {refused, retry, now}
 for i = 1, n do
-  local limit, window = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
-  local newest = redis.call('ZRANGE', KEYS[3 * i - 2], -1, -1, 'WITHSCORES')
-  local reset = 0
-  if #newest > 0 then reset = math.max(0, tonumber(newest[2]) + window - now) end
+  local key, limit, width = KEYS[i], tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
+  local amount = tonumber(ARGV[3 * i])
+  local reset_us
+  if refused == 0 and amount > 0 then
+    redis.call('HINCRBY', key, field(heads[i]), amount)
+    sums[i] = sums[i] + amount
+    redis.call('HSET', key, 'h', field(heads[i]), 's', field(sums[i]))
+    -- The last bucket written leaves the span SPAN widths after it began.
+    redis.call('PEXPIRE', key, math.ceil(SPAN * width / 1000))
+    reset_us = math.max(0, (heads[i] + SPAN) * width - now)
+  else
+    reset_us = reset(key, heads[i], width, sums[i])
+  end
   reply[#reply + 1] = math.max(0, limit - sums[i])
-  reply[#reply + 1] = reset
+  reply[#reply + 1] = reset_us
 end
 return reply
