@@ -153,7 +153,7 @@ def test_n_greater_than_one_is_rejected_naming_n(client: openai.OpenAI) -> None:
     assert info.value.body["param"] == "n"  # type: ignore[index]
 
 
-def test_upstream_auth_error_passes_through(
+def test_upstream_auth_error_is_the_gateways_502_not_the_clients_401(
     anthropic_app: Starlette, servers: Any, start_gateway: Start
 ) -> None:
     from tests.servers import serve_in_thread
@@ -168,5 +168,9 @@ def test_upstream_auth_error_passes_through(
     }
     gateway = start_gateway({"models": [{"name": MODEL, "deployments": [deployment]}]})
     with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0) as sdk:
-        with pytest.raises(openai.AuthenticationError):
+        # The client's own key was fine: the upstream refused the gateway's key for it.
+        with pytest.raises(openai.InternalServerError) as info:
             sdk.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert info.value.status_code == 502
+    assert info.value.code == "upstream_auth_failed"
+    assert "wrong-key" not in str(info.value)
