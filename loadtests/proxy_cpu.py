@@ -92,6 +92,12 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int) -> tuple[int
 BENCH_KEY = "sk-bench-0123456789"  # a local benchmark gateway on 127.0.0.1 only
 
 
+def _beside_python(tool: str) -> Path | str:
+    """A console script of this venv (not necessarily on PATH), else the name for PATH."""
+    path = Path(sys.executable).with_name(tool)
+    return path if path.exists() else tool
+
+
 def _redis_pid(url: str) -> int | None:
     """The redis-server's pid when it runs on this machine (to measure its CPU too)."""
     import redis
@@ -196,7 +202,8 @@ def main() -> int:
             if args.profile:
                 spy = subprocess.Popen(
                     [
-                        *("py-spy", "record", "-p", str(gateway.pid), "-d", str(args.seconds)),
+                        str(_beside_python("py-spy")),
+                        *("record", "-p", str(gateway.pid), "-d", str(args.seconds)),
                         *("-r", "200", "-f", "raw", "-o", args.profile, "--nonblocking"),
                     ],
                     stdout=subprocess.DEVNULL,
