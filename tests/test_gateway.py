@@ -377,3 +377,43 @@ async def test_an_upstream_quota_is_refunded_when_the_upstream_sent_nothing(make
         with pytest.raises(GatewayError) as info:
             await p.complete()
         assert info.value.code != "upstream_quota_exhausted"
+
+
+async def test_a_client_gone_while_the_upstream_quota_is_charged_releases_its_slot(
+    make: Any,
+) -> None:
+    p = await make(
+        lambda d, r: FakeResponse(200, [chat_reply()]),
+        deployments=[_dep("a", max_concurrency=1, rpm=100)],
+    )
+    entered = asyncio.Event()
+    never = asyncio.Event()
+
+    async def stuck(*args: Any) -> None:
+        entered.set()
+        await never.wait()  # a shared-state call that does not come back
+
+    original = p.gateway.limits.reserve_deployment
+    p.gateway.limits.reserve_deployment = stuck  # type: ignore[method-assign]
+    task = asyncio.ensure_future(p.complete())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    p.gateway.limits.reserve_deployment = original  # type: ignore[method-assign]
+    await asyncio.wait_for(p.complete(), 1)  # the slot came back: no queue_timeout
+
+
+async def test_an_observer_that_raises_still_lets_the_attempt_finish(make: Any) -> None:
+    from aigw.fleet.attempt import Observers
+    from aigw.routing.recorder import SignalRecorder
+
+    class Broken(Recorder):
+        def on_success(self, attempt: Any) -> None:
+            raise RuntimeError("observer bug")
+
+    p = await make(lambda d, r: FakeResponse(200, [chat_reply()]), deployments=[_dep("a")])
+    p.gateway._observers = Observers([SignalRecorder(), Broken()])
+    with pytest.raises(RuntimeError):
+        await p.complete()
+    assert p.in_flight() == {"a": 0}  # on_finish ran, and the slot was released
