@@ -8,6 +8,7 @@ is the schema alone, so every room may import it.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -45,6 +46,8 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    # A non-streamed upstream reply over this (counted after decompression) is a retryable 502.
+    max_upstream_reply_bytes: int = Field(16 * 1024 * 1024, gt=0)
     # Seconds a shutdown waits for in-flight requests before cutting them.
     drain_seconds: float = Field(15.0, ge=0)
 
@@ -129,9 +132,17 @@ class DeploymentConfig(_Strict):
     @field_validator("base_url", "metrics_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
+        if value is None:
+            return value
+        # Checked first, and the value never echoed: the message must not print a password.
+        # Userinfo would also clash with api_key's Authorization header (every request 500s).
+        if "@" in urlsplit(value).netloc:
+            raise ValueError(
+                "credentials in the URL are not allowed; put the key in api_key (or headers)"
+            )
+        if not value.startswith(("http://", "https://")):
             raise ValueError(f"expected an http:// or https:// URL (got {value!r})")
-        return value.rstrip("/") if value else value
+        return value.rstrip("/")
 
 
 class SpilloverConfig(_Strict):

@@ -15,6 +15,7 @@ Tree::
     ├── NotFoundError              404  unknown model or route
     ├── MethodNotAllowedError      405
     ├── PayloadTooLargeError       413  body over server.max_body_bytes
+    ├── UnsupportedMediaTypeError  415  admin POST without Content-Type: application/json
     ├── RateLimitError             429
     ├── UpstreamStatusError        the upstream's own 4xx/5xx, passed through with its message
     ├── UpstreamConnectionError    502  upstream unreachable or broke the protocol
@@ -40,6 +41,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "ServiceUnavailableError",
+    "UnsupportedMediaTypeError",
     "UpstreamConnectionError",
     "UpstreamStatusError",
     "UpstreamTimeoutError",
@@ -105,6 +107,11 @@ class MethodNotAllowedError(GatewayError):
 
 class PayloadTooLargeError(GatewayError):
     status = 413
+    type = "invalid_request_error"
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    status = 415
     type = "invalid_request_error"
 
 

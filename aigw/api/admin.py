@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from aigw.api.routes import error_response
-from aigw.errors import GatewayError, NotFoundError
+from aigw.errors import GatewayError, NotFoundError, UnsupportedMediaTypeError
 from aigw.fleet.deployment import Deployment
 
 if TYPE_CHECKING:
     from aigw.api.state import AppState
 
-__all__ = ["list_deployments", "set_draining"]
+__all__ = ["list_deployments", "redact_url", "set_draining"]
+
+_REDACTED = "redacted"
 
 
 def _authorized(request: Request) -> AppState | Response:
@@ -34,6 +37,27 @@ def _authorized(request: Request) -> AppState | Response:
     return state
 
 
+def redact_url(url: str | None) -> str | None:
+    """``url`` without secrets: userinfo and fragment dropped, any query shown as ``redacted``.
+
+    Config rejects userinfo already; this is the defensive second line, since admin output is
+    read by people and tools that should never see a key.
+    """
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        netloc = host if parts.port is None else f"{host}:{parts.port}"
+    except ValueError:  # unparseable: show nothing of it rather than risk a secret
+        return _REDACTED
+    # The whole query goes: a token may sit in a name as well as in a value.
+    query = _REDACTED if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
 def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -46,7 +70,11 @@ def describe(deployment: Deployment, now: float) -> dict[str, Any]:
         "id": deployment.id,
         "model": deployment.model,
         "kind": "cloud" if config.is_cloud else "gpu",
-        "base_url": config.base_url,
+        "base_url": redact_url(config.base_url),
+        "metrics_url": redact_url(config.metrics_url),
+        # Names only: api_key and header values are secrets and never leave the config.
+        "header_names": sorted(config.headers),
+        "has_api_key": config.api_key is not None,
         "healthy": state.ejected_until <= now,
         "ejected_for_s": _round(max(0.0, state.ejected_until - now), 2),
         "draining": state.draining,
@@ -88,11 +116,26 @@ async def list_deployments(request: Request) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+def _is_json(content_type: str | None) -> bool:
+    if content_type is None:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
 async def set_draining(request: Request) -> Response:
     """POST /admin/deployments/{id}/drain or /undrain: stop or resume new traffic to it."""
     state = _authorized(request)
     if isinstance(state, Response):
         return state
+    # A cross-origin form or fetch may send text/plain without a CORS preflight; requiring
+    # JSON makes the browser ask first, which this API never grants.
+    if not _is_json(request.headers.get("content-type")):
+        return error_response(
+            UnsupportedMediaTypeError(
+                "Admin POST requests must send Content-Type: application/json.",
+                code="unsupported_media_type",
+            )
+        )
     deployment = state.gateway.router.deployments.get(request.path_params["deployment"])
     action = request.path_params["action"]
     if deployment is None or action not in ("drain", "undrain"):

@@ -121,7 +121,7 @@ def test_admin_shows_signals_and_drains(start_backend: Start, start_gateway: Sta
     denied = httpx.get(admin)
     assert denied.status_code == 401 and denied.json()["error"]["type"] == "authentication_error"
     auth = {"authorization": "Bearer s3cret"}
-    drained = httpx.post(f"{admin}/a/drain", headers=auth)
+    drained = httpx.post(f"{admin}/a/drain", headers=auth, json={})
     assert drained.status_code == 200 and drained.json()["draining"] is True
     for _ in range(4):
         reply = httpx.post(
@@ -133,7 +133,7 @@ def test_admin_shows_signals_and_drains(start_backend: Start, start_gateway: Sta
     assert data["a"]["requests"] == 0 and data["b"]["requests"] == 4
     assert data["b"]["ttft_ewma_s"] is not None and data["b"]["in_flight"] == 0
     assert data["b"]["last_scores"] or data["a"]["draining"]
-    httpx.post(f"{admin}/a/undrain", headers=auth)
+    assert httpx.post(f"{admin}/a/undrain", headers=auth, json={}).status_code == 200
     served = {
         httpx.post(
             f"{gateway.url}/v1/chat/completions",
@@ -142,7 +142,7 @@ def test_admin_shows_signals_and_drains(start_backend: Start, start_gateway: Sta
         for _ in range(4)
     }
     assert served == {"a", "b"}
-    assert httpx.post(f"{admin}/nope/drain", headers=auth).status_code == 404
+    assert httpx.post(f"{admin}/nope/drain", headers=auth, json={}).status_code == 404
 
 
 async def test_auto_spills_to_cloud_when_gpu_pool_saturates_and_comes_back(
