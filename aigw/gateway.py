@@ -32,6 +32,7 @@ import orjson
 
 from aigw.admission import Admission
 from aigw.auth import Authenticator
+from aigw.config import ServerConfig
 from aigw.errors import (
     GatewayError,
     InvalidRequestError,
@@ -54,6 +55,8 @@ from aigw.upstream import Transport, UpstreamResponse
 __all__ = ["Gateway", "Reply", "UpstreamStream"]
 
 log = logging.getLogger("aigw.gateway")
+DEFAULT_MAX_REPLY_BYTES: int = ServerConfig.model_fields["max_upstream_reply_bytes"].default
+
 T = TypeVar("T")
 Send = Callable[[bytes], Awaitable[None]]
 
@@ -125,6 +128,7 @@ class Gateway:
         contexts: ContextBuilder,
         observers: Observers,
         max_attempts: int,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
         self.auth = auth
         self.limits = limits
@@ -134,6 +138,7 @@ class Gateway:
         self._contexts = contexts
         self._observers = observers
         self._max_attempts = max_attempts
+        self._max_reply_bytes = max_reply_bytes
         # Internal request ids: unique across processes without a uuid per request.
         self._id_prefix = uuid.uuid4().hex[:12] + "-"
         self._ids = itertools.count(1)
@@ -280,13 +285,20 @@ class Gateway:
         with self._transport.errors(deployment, "waiting for the reply"):
             response = await self._transport.post(deployment, upstream, ctx.request_id)
             try:
-                data = await response.read()
-            finally:
-                response.release()
+                data = await _read_reply(response, self._max_reply_bytes, deployment)
+            except BaseException:
+                response.close()  # a reply over the cap (or cut short): abort, never pool
+                raise
+            response.release()
         if response.status >= 400:
             raise _upstream_error(deployment, provider.parse_error(response.status, data))
         attempt.last_byte_at = asyncio.get_running_loop().time()
-        body, attempt.usage = provider.parse_response(ctx.endpoint, response.status, data)
+        try:
+            body, attempt.usage = provider.parse_response(ctx.endpoint, response.status, data)
+        except UpstreamConnectionError as exc:  # the provider does not know the deployment
+            raise UpstreamConnectionError(
+                f"deployment {deployment.id}: {exc.message}", code=exc.code
+            ) from exc
         return body
 
     async def _open_stream(self, attempt: Attempt) -> _Opened:
@@ -368,6 +380,26 @@ def _engine_queue(deployment: Deployment) -> bool:
     if engine is None or deployment.state.engine_stale:
         return deployment.state.in_flight > 1
     return engine.waiting + max(0, deployment.state.in_flight - engine.in_flight_at_scrape) > 1
+
+
+async def _read_reply(response: UpstreamResponse, limit: int, deployment: Deployment) -> bytes:
+    """The whole body of a non-streamed reply, refused once over ``limit`` bytes.
+
+    Counted as read: the transport decompresses (aiohttp's auto_decompress), so the limit
+    holds for what a small gzip body expands to, and nothing over it is ever buffered.
+    """
+    content = response.content
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamConnectionError(
+                f"deployment {deployment.id} sent a reply over {limit} bytes",
+                code="upstream_reply_too_large",
+            )
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def _first_output(

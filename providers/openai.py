@@ -5,7 +5,8 @@ upstream id) and, on a streamed chat/completions or completions request whose cl
 ask for usage, ``stream_options.include_usage`` (so the gateway learns what the stream cost;
 :class:`~aigw.providers.openai_stream.OpenAIStream` removes the extra usage event again). Every
 field the gateway does not know (tools, response_format, logprobs, guided decoding, ...)
-reaches the engine as sent. Replies are relayed byte for byte.
+reaches the engine as sent. Replies are relayed byte for byte, once they parse as a JSON
+object.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class OpenAIProvider:
     def parse_response(
         self, endpoint: Endpoint, status: int, body: bytes
     ) -> tuple[bytes, Usage | None]:
-        # Relayed as received; parsed once only to read `usage` (~2 µs for 1 KB with orjson).
+        # Relayed as received; parsed once, to read `usage` (~2 µs for 1 KB with orjson) and to
+        # refuse a body that is not a JSON object (upstream_bad_reply: retryable 502).
         return body, usage_in_reply(body)
 
     def stream_translator(self, endpoint: Endpoint, request: Mapping[str, Any]) -> OpenAIStream:

@@ -20,6 +20,7 @@ import re
 
 import orjson
 
+from aigw.errors import UpstreamConnectionError
 from aigw.types import Usage
 
 __all__ = ["OpenAIStream", "openai_usage", "usage_in_reply"]
@@ -49,12 +50,20 @@ def openai_usage(usage: object) -> Usage | None:
 
 
 def usage_in_reply(body: bytes) -> Usage | None:
-    """The ``usage`` of a non-streamed OpenAI reply; None when absent or the body is not JSON."""
+    """The ``usage`` of a non-streamed OpenAI reply; None when it has none.
+
+    Raises UpstreamConnectionError (``upstream_bad_reply``, retryable) when the body is not a
+    JSON object: it would otherwise be relayed to the client as ``application/json``.
+    """
     try:
         data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return openai_usage(data.get("usage")) if isinstance(data, dict) else None
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamConnectionError(
+            f"reply is not JSON ({exc})", code="upstream_bad_reply"
+        ) from exc
+    if not isinstance(data, dict):
+        raise UpstreamConnectionError("reply is not a JSON object", code="upstream_bad_reply")
+    return openai_usage(data.get("usage"))
 
 
 def _events_end(data: bytes) -> int:

@@ -417,3 +417,61 @@ async def test_an_observer_that_raises_still_lets_the_attempt_finish(make: Any) 
     with pytest.raises(RuntimeError):
         await p.complete()
     assert p.in_flight() == {"a": 0}  # on_finish ran, and the slot was released
+
+
+# --- non-streamed replies: capped, and a JSON object --------------------------------------
+
+
+async def test_a_reply_over_the_cap_is_aborted_and_another_deployment_answers(make: Any) -> None:
+    def handler(deployment: Any, request: UpstreamRequest) -> FakeResponse:
+        if deployment.id == "a":
+            return FakeResponse(200, iter(lambda: b"x" * 4096, None))  # never ends
+        return FakeResponse(200, [chat_reply()])
+
+    p = await make(handler)
+    p.gateway._max_reply_bytes = 64 * 1024
+    for _ in range(2):
+        assert b'"usage"' in await p.complete()
+    big = [
+        r for (dep, _), r in zip(p.transport.sent, p.transport.responses, strict=True) if dep == "a"
+    ]
+    assert big and all(r.closed and not r.released for r in big)
+    assert p.in_flight() == {"a": 0, "b": 0}
+    assert p.gateway.router.deployments["a"].state.consecutive_failures >= 1
+
+
+async def test_a_reply_over_the_cap_from_the_only_deployment_is_a_502(make: Any) -> None:
+    p = await make(
+        lambda d, r: FakeResponse(200, [b"x" * 40_000, b"y" * 40_000]),
+        deployments=[{"id": "solo", "base_url": "http://127.0.0.1:9000/v1", "model": "m"}],
+    )
+    p.gateway._max_reply_bytes = 64 * 1024
+    with pytest.raises(GatewayError) as info:
+        await p.complete()
+    assert (info.value.status, info.value.code) == (502, "upstream_reply_too_large")
+    assert "solo" in info.value.message and "127.0.0.1" not in info.value.message
+    assert p.in_flight() == {"solo": 0}
+
+
+@pytest.mark.parametrize(
+    "reply", [b"<html>502 Bad Gateway</html>", b"[1, 2]", b'"text"', b"", b'{"usage": ']
+)
+async def test_a_2xx_reply_that_is_not_a_json_object_is_a_retryable_502(
+    make: Any, reply: bytes
+) -> None:
+    def handler(deployment: Any, request: UpstreamRequest) -> FakeResponse:
+        return FakeResponse(200, [reply] if deployment.id == "a" else [chat_reply()])
+
+    p = await make(handler)
+    for _ in range(2):  # a answers one of them; b then serves it
+        assert b'"usage"' in await p.complete()
+    assert p.gateway.router.deployments["a"].state.consecutive_failures >= 1
+
+    solo = await make(
+        lambda d, r: FakeResponse(200, [reply]),
+        deployments=[{"id": "solo", "base_url": "http://127.0.0.1:9000/v1", "model": "m"}],
+    )
+    with pytest.raises(GatewayError) as info:
+        await solo.complete()
+    assert (info.value.status, info.value.code) == (502, "upstream_bad_reply")
+    assert info.value.message.startswith("deployment solo:")

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from aigw.config import DeploymentConfig
+from aigw.errors import UpstreamConnectionError
 from aigw.providers.openai import OpenAIProvider, injects_usage
 from aigw.types import Endpoint, Usage
 
@@ -140,10 +141,14 @@ def test_embeddings_usage_has_no_completion() -> None:
     [
         b'{"id":"x","choices":[]}',
         b'{"id":"x","usage":null}',
-        b"[1, 2]",
-        b"<html>not json</html>",
-        b"",
     ],
 )
 def test_reply_without_usage(reply: bytes) -> None:
     assert make().parse_response(Endpoint.CHAT, 200, reply) == (reply, None)
+
+
+@pytest.mark.parametrize("reply", [b"[1, 2]", b"<html>not json</html>", b"", b'"text"'])
+def test_a_reply_that_is_not_a_json_object_is_refused(reply: bytes) -> None:
+    with pytest.raises(UpstreamConnectionError) as info:
+        make().parse_response(Endpoint.CHAT, 200, reply)
+    assert info.value.code == "upstream_bad_reply" and info.value.retryable
