@@ -58,6 +58,7 @@ def build_gateway(
         contexts=contexts,
         observers=Observers([SignalRecorder(), router.health]),
         max_attempts=config.retry.max_attempts,
+        max_reply_bytes=config.server.max_upstream_reply_bytes,
     )
 
 

@@ -99,8 +99,10 @@ async def gzip_upstream() -> AsyncIterator[tuple[int, list[int]]]:
 
 
 async def ask(port: int, max_reply_bytes: int | None) -> bytes:
+    server = {} if max_reply_bytes is None else {"max_upstream_reply_bytes": max_reply_bytes}
     cfg = parse_config(
         {
+            "server": server,
             "models": [
                 {
                     "name": "chat",
@@ -108,7 +110,7 @@ async def ask(port: int, max_reply_bytes: int | None) -> bytes:
                         {"id": "gz", "base_url": f"http://127.0.0.1:{port}/v1", "model": "m"}
                     ],
                 }
-            ]
+            ],
         }
     )
     loop = asyncio.get_running_loop()
@@ -118,9 +120,7 @@ async def ask(port: int, max_reply_bytes: int | None) -> bytes:
     pool.open(router.deployments.values())
     try:
         contexts = ContextBuilder(load_counter(cfg.tokens.encoding, None), 256)
-        gateway = build_gateway(cfg, router, shared, pool, contexts)
-        if max_reply_bytes is not None:
-            gateway._max_reply_bytes = max_reply_bytes  # what server.max_upstream_reply_bytes sets
+        gateway = build_gateway(cfg, router, shared, pool, contexts)  # the cap from the config
         meta = RequestMeta()
         body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
         reply = await gateway.complete(gateway.authenticate(meta), Endpoint.CHAT, body, meta)
