@@ -192,7 +192,10 @@ def main() -> int:
                     str(config),
                     "--port",
                     str(gateway_port),
-                ]
+                ],
+                # Not the checkout: `python -m` puts the working directory first on sys.path,
+                # which would run this checkout's aigw under another install's --python.
+                cwd=tmp,
             )
             processes.append(gateway)
             wait_http(f"http://127.0.0.1:{gateway_port}/healthz")
