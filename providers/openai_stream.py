@@ -12,6 +12,19 @@ Hot path: events are never decoded one by one. Per chunk the translator finds th
 boundary (``\\n\\n`` or ``\\r\\n\\r\\n``, C-level ``bytes`` searches) and looks for
 ``"usage":{`` in the complete part; only an event holding that is parsed. JSON escapes every
 quote inside a string, so the marker cannot be faked by generated text.
+
+Safety (both checks are cheap and never parse JSON): an event may hold at most
+:data:`MAX_EVENT_BYTES` (counted since the last event boundary, so an endless event without a
+blank line is cut off), and every line must be one SSE allows: blank, a ``:`` comment,
+``event:``/``id:``/``retry:``, or ``data:`` whose first bytes are ``{`` or ``[DONE]`` (for the
+first data line of an event). Anything else (an HTML error page sent as ``text/event-stream``,
+``data: Internal error``) raises :class:`~aigw.errors.UpstreamConnectionError`, which the
+gateway turns into one error event, closing the upstream. (A field name without a colon,
+legal SSE but written by no such server, is refused too.) A chunk holding one single-line JSON
+event, the usual case, is checked by its start and two byte searches; any other complete
+events are checked line by line; of an unfinished event only its first bytes are checked
+before its end arrives (the rest is checked when it completes), so with
+``strip_usage_chunk=False`` a later line of that event may reach the client before the error.
 """
 
 from __future__ import annotations
@@ -23,7 +36,24 @@ import orjson
 from aigw.errors import UpstreamConnectionError
 from aigw.types import Usage
 
-__all__ = ["OpenAIStream", "openai_usage", "usage_in_reply"]
+__all__ = ["MAX_EVENT_BYTES", "OpenAIStream", "openai_usage", "usage_in_reply"]
+
+# The largest event accepted from an upstream. Real chunks are a few hundred bytes; the
+# largest legitimate ones (a tool call's arguments or logprobs in one chunk) stay far below.
+# A constant rather than ``server.max_upstream_reply_bytes`` (a whole-reply cap, usually
+# much larger) so the provider interface need not change.
+MAX_EVENT_BYTES = 1 << 20
+
+# How a valid line may start. The first data line of an event must look like JSON or be
+# [DONE]; a further data line of the same event continues it and is not checked.
+_JSON_STARTS = (b"data: {", b"data:{")
+_DATA_STARTS = (*_JSON_STARTS, b"data: [DONE]", b"data:[DONE]")
+_OTHER_FIELDS = (b":", b"event:", b"id:", b"retry:")
+_BARE_FIELDS = (b"event", b"id", b"retry")
+_LINE_STARTS = (*_DATA_STARTS, *_OTHER_FIELDS)
+_BOM = b"\xef\xbb\xbf"
+# Bytes after which an unfinished line's start can be judged (len(b"data: [DONE]")).
+_JUDGE_BYTES = 12
 
 # A usage *object* (not ``null``), compact as vLLM, SGLang, TGI, Ollama and OpenAI write it,
 # or with the space Python's json.dumps puts after the colon. One regex pass per chunk costs
@@ -95,6 +125,61 @@ def _split_events(region: bytes) -> list[bytes]:
     return events
 
 
+def _completes_event(last: bytes, chunk: bytes) -> bool:
+    """Whether ``chunk``, following pending bytes ending with ``last``, ends an event."""
+    if b"\n" not in chunk:  # every boundary _events_end knows ends with \n
+        return False
+    return (
+        chunk.find(b"\n\n") >= 0
+        or chunk.find(b"\r\n\r\n") >= 0
+        or _events_end(last[-3:] + chunk[:3]) > 0  # a boundary split between the two
+    )
+
+
+def _bad_line(region: bytes) -> bool:
+    """Whether ``region`` (whole events, or the unterminated end of a stream) holds a line an
+    OpenAI-compatible upstream may not send."""
+    if region.startswith(_BOM):  # allowed before the first line of a stream
+        region = region[len(_BOM) :]
+    first_data = True
+    for line in region.splitlines():
+        if not line:
+            first_data = True
+        elif line.startswith(b"data:"):
+            if first_data and not line.startswith(_DATA_STARTS):
+                return True
+            first_data = False
+        elif not line.startswith(_OTHER_FIELDS):
+            return True
+    return False
+
+
+def _bad_start(tail: bytes) -> bool:
+    """Whether the start of an unfinished event already shows it is not a valid line."""
+    if tail.startswith(_BOM):
+        tail = tail[len(_BOM) :]
+    elif _BOM.startswith(tail):
+        return False  # a stream starting with part of a byte order mark
+    if tail.startswith(_LINE_STARTS) or tail.startswith((b"\n", b"\r")):
+        return False
+    # Too short to tell yet: valid while it is the start of some allowed line.
+    return not any(start.startswith(tail) for start in _LINE_STARTS)
+
+
+def _event_too_large(limit: int) -> UpstreamConnectionError:
+    return UpstreamConnectionError(
+        f"upstream sent a stream event over {limit} bytes", code="upstream_event_too_large"
+    )
+
+
+def _bad_event() -> UpstreamConnectionError:
+    # The offending bytes are not quoted: they are the upstream's, possibly a whole page.
+    return UpstreamConnectionError(
+        "upstream sent a stream line that is not an OpenAI-compatible SSE event",
+        code="upstream_bad_event",
+    )
+
+
 class OpenAIStream:
     """Relays one OpenAI-compatible stream; records its usage; may drop the usage-only event.
 
@@ -104,13 +189,22 @@ class OpenAIStream:
     that carry a usage object with no (or empty) ``choices`` are left out; all other bytes are
     returned exactly as received. An event carrying usage *and* choices (some servers put usage
     on the finishing chunk) is kept. ``usage`` is the last usage object seen, None until then.
-    Never raises: errors inside the stream are the client's to read.
+    Error events inside the stream are the client's to read and pass unchanged.
+
+    ``feed`` and ``finish`` raise UpstreamConnectionError (502, retryable): code
+    ``upstream_event_too_large`` once more than ``max_event_bytes`` arrive without an event
+    boundary, and ``upstream_bad_event`` for a line that is not SSE an OpenAI-compatible
+    server writes (see the module docstring). Nothing is returned for a chunk that raises.
     """
 
-    __slots__ = ("_pending", "_strip", "_usage")
+    __slots__ = ("_max", "_pending", "_size", "_strip", "_usage")
 
-    def __init__(self, *, strip_usage_chunk: bool = False) -> None:
+    def __init__(
+        self, *, strip_usage_chunk: bool = False, max_event_bytes: int = MAX_EVENT_BYTES
+    ) -> None:
         self._strip = strip_usage_chunk
+        self._max = max_event_bytes
+        self._size = 0  # bytes in _pending
         # Bytes of the unfinished last event, as received; joined once the event completes,
         # so a long event arriving in many pieces costs linear copying.
         self._pending: list[bytes] = []
@@ -122,7 +216,15 @@ class OpenAIStream:
 
     def feed(self, chunk: bytes) -> bytes:
         if not self._pending and chunk.endswith(b"\n\n"):
-            # The usual case: the upstream wrote whole events and nothing is pending.
+            # The usual case: the upstream wrote whole events and nothing is pending. One
+            # valid single-line event needs no more checking than its start and one newline.
+            if not (
+                chunk.startswith(_JSON_STARTS)
+                and chunk.find(b"\n") == len(chunk) - 2
+                and chunk.find(b"\r") < 0  # (`find` is twice as fast as `in` here)
+                and len(chunk) <= self._max
+            ):
+                self._check_events(chunk)
             if _find_usage(chunk) is None:
                 return chunk
             out = self._scan(chunk)
@@ -132,9 +234,17 @@ class OpenAIStream:
     def _feed_partial(self, chunk: bytes) -> bytes:
         pending = self._pending
         if pending:
+            completes = _completes_event(pending[-1], chunk)
             pending.append(chunk)
-            # An event boundary ends with \n or \r: without one, nothing completed here.
-            if b"\n" not in chunk and b"\r" not in chunk:
+            if not completes:
+                # Nothing is joined until the event ends: an event sent a line per chunk
+                # costs linear copying, not a rejoin of everything pending per line.
+                size = self._size + len(chunk)
+                if size > self._max:
+                    raise _event_too_large(self._max)
+                if self._size < _JUDGE_BYTES and _bad_start(b"".join(pending)):
+                    raise _bad_event()  # its start was too short to judge before
+                self._size = size
                 return b"" if self._strip else chunk
             data = b"".join(pending)
             pending.clear()
@@ -142,10 +252,19 @@ class OpenAIStream:
             data = chunk
         end = _events_end(data)
         if end < len(data):
-            pending.append(data[end:])
+            tail = data[end:]
+            if len(tail) > self._max:
+                raise _event_too_large(self._max)
+            if _bad_start(tail):
+                raise _bad_event()
+            pending.append(tail)
+            self._size = len(tail)
             complete = data[:end]
         else:
+            self._size = 0
             complete = data
+        if complete:
+            self._check_events(complete)
         if _find_usage(complete) is None:
             return complete if self._strip else chunk
         out = self._scan(complete)
@@ -156,9 +275,26 @@ class OpenAIStream:
         since OpenAI-compatible upstreams send it themselves."""
         rest = b"".join(self._pending)
         self._pending.clear()
+        self._size = 0
+        if rest and _bad_line(rest):
+            raise _bad_event()
         if rest and _find_usage(rest):
             rest = self._scan(rest)
         return rest if self._strip else b""
+
+    def _check_events(self, region: bytes) -> None:
+        """Raise unless every event in ``region`` (whole events) is small and well formed."""
+        if (
+            region.startswith(_JSON_STARTS)
+            and region.find(b"\n") == len(region) - 2
+            and region.find(b"\r") < 0
+            and len(region) <= self._max
+        ):
+            return  # one single-line JSON event, as in ``feed``'s fast path
+        if len(region) > self._max and any(len(e) > self._max for e in _split_events(region)):
+            raise _event_too_large(self._max)
+        if _bad_line(region):
+            raise _bad_event()
 
     def _scan(self, region: bytes) -> bytes:
         """Record the usage in ``region``'s events; return it without usage-only events if

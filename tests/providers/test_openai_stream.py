@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
+from aigw.errors import UpstreamConnectionError
 from aigw.providers import StreamTranslator
-from aigw.providers.openai_stream import OpenAIStream
+from aigw.providers.openai_stream import MAX_EVENT_BYTES, OpenAIStream
 from aigw.sse import SSEDecoder
 from aigw.types import Usage
 
@@ -181,3 +183,101 @@ def test_translators_are_independent() -> None:
     first.feed(whole[:10])
     assert second.feed(whole) == CLIENT_SEES
     assert first.usage is None and second.usage == Usage(9, 3)
+
+
+# --- safety: an event's size is capped; lines must be SSE an OpenAI server writes ----------
+
+
+def codes_of(chunks: list[bytes], *, strip: bool, limit: int = MAX_EVENT_BYTES) -> str:
+    """The error code the translator raises on ``chunks`` (feed, then finish)."""
+    translator = OpenAIStream(strip_usage_chunk=strip, max_event_bytes=limit)
+    with pytest.raises(UpstreamConnectionError) as info:
+        for chunk in chunks:
+            translator.feed(chunk)
+        translator.finish()
+    assert (info.value.status, info.value.retryable) == (502, True)
+    assert info.value.code is not None
+    return info.value.code
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_an_endless_event_is_cut_off(strip: bool) -> None:
+    endless = [b'data: {"choices": [{"delta": {"content": "', *[b"x" * 65_536] * 17]
+    assert sum(map(len, endless)) > MAX_EVENT_BYTES
+    assert codes_of([*BODY, *endless], strip=strip) == "upstream_event_too_large"
+
+
+@pytest.mark.parametrize("strip", [True, False])
+@pytest.mark.parametrize("size", [1, 7, 100])
+def test_an_event_over_the_cap_is_refused_however_it_arrives(strip: bool, size: int) -> None:
+    big = delta("y" * 300)
+    whole = b"".join([BODY[0], big, DONE])
+    pieces = [whole[i : i + size] for i in range(0, len(whole), size)]
+    assert codes_of(pieces, strip=strip, limit=len(big) - 1) == "upstream_event_too_large"
+    assert codes_of([whole], strip=strip, limit=len(big) - 1) == "upstream_event_too_large"
+    out, _ = run(pieces, strip=False)  # at the cap exactly: relayed
+    assert OpenAIStream(max_event_bytes=len(big)).feed(whole) == whole == out
+
+
+BAD = [
+    b"data: Internal Server Error\n\n",
+    b"<html><body><h1>502 Bad Gateway</h1></body></html>\n",
+    b"<html>\n<body>no blank line, never ends",
+    b"data:\n\n",
+    b"data: [DON\n\n",
+    b'data: "just a string"\n\n',
+    b'event: x\ndata: oops\n\ndata: {"a": 1}\n\n',
+    b'garbage\ndata: {"a": 1}\n\n',
+    b'data: {"a": 1}\r\rdata: oops\n\n',  # \r\r is a boundary too
+]
+
+
+@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize("strip", [True, False])
+def test_a_line_that_is_not_sse_json_is_refused(bad: bytes, strip: bool) -> None:
+    assert codes_of([*BODY, bad], strip=strip) == "upstream_bad_event"
+    assert codes_of([b"".join([*BODY, bad])], strip=strip) == "upstream_bad_event"
+    assert codes_of([bad, *BODY], strip=strip) == "upstream_bad_event"
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_bad_bytes_never_reach_the_client_at_any_split(strip: bool) -> None:
+    whole = b"".join([*BODY, b"data: oops, not json\n\n", DONE])
+    for at in range(len(whole) + 1):
+        translator = OpenAIStream(strip_usage_chunk=strip)
+        out = b""
+        with pytest.raises(UpstreamConnectionError, match="not an OpenAI-compatible"):
+            for chunk in (whole[:at], whole[at:]):
+                out += translator.feed(chunk)
+            translator.finish()
+        assert b"oops" not in out, at
+        assert out.startswith(b"".join(BODY)) or len(out) < len(b"".join(BODY)), at
+
+
+def test_what_sse_allows_passes() -> None:
+    stream = [
+        b"\xef\xbb\xbf: a comment after the byte order mark\n\n",
+        b"event: message\nid: 7\nretry: 1000\n:keep-alive\n\n",
+        b'data:{"compact": true}\n\n',
+        b'data: {"split":\ndata: "across data lines"}\n\n',
+        b"\n\n",
+        *BODY,
+        b"data:[DONE]\n\n",
+    ]
+    for strip in (True, False):
+        whole = b"".join(stream)
+        for at in range(len(whole) + 1):
+            out, _ = run([whole[:at], whole[at:]], strip=strip)
+            assert out == whole, (at, strip)
+
+
+def test_an_event_sent_a_line_per_chunk_is_not_rejoined_per_line() -> None:
+    # Rejoining everything pending on each newline made one capped event cost ~20 s of CPU.
+    translator = OpenAIStream(strip_usage_chunk=True)
+    line = b'data: {"x": "yyyyyyyy"}\n'
+    started = time.perf_counter()
+    with pytest.raises(UpstreamConnectionError, match="over"):
+        while True:
+            translator.feed(line[:10])
+            translator.feed(line[10:])
+    assert time.perf_counter() - started < 2.0
