@@ -91,6 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from aigw.app import create_app
     from aigw.configfile import load_config
+    from aigw.serving import gateway_protocol
 
     config = load_config(args.config)
     uvicorn.run(
@@ -100,7 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         log_level=args.log_level,
         timeout_graceful_shutdown=int(config.server.drain_seconds),
-        **_uvicorn_options(),  # type: ignore[arg-type]
+        **{**_uvicorn_options(), "http": gateway_protocol(config.server)},  # type: ignore[arg-type]
     )
     return 0
 

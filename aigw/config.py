@@ -50,6 +50,15 @@ class ServerConfig(_Strict):
     max_upstream_reply_bytes: int = Field(16 * 1024 * 1024, gt=0)
     # Seconds a shutdown waits for in-flight requests before cutting them.
     drain_seconds: float = Field(15.0, ge=0)
+    # What one client connection may hold (aigw/connections.py): beyond max_connections a new
+    # connection gets 503; a request head over max_header_bytes gets 431; a head must arrive
+    # within header_timeout_s (408) and its body within body_timeout_s after it; a client that
+    # accepts no response data for send_timeout_s is dropped (its upstream request cancelled).
+    max_connections: int = Field(2048, gt=0)
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    send_timeout_s: float = Field(30.0, gt=0)
 
 
 class StateConfig(_Strict):

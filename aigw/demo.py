@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aigw.app import create_app
 from aigw.configfile import parse_config
-from aigw.serving import bind, serve_together
+from aigw.serving import ServedApp, bind, gateway_protocol, serve_together
 from aigw.sim.server import BackendSettings
 from aigw.sim.server import create_app as create_backend
 
@@ -34,11 +34,11 @@ async def run_demo(host: str, port: int) -> None:
     config = parse_config(
         {"models": [{"name": DEMO_MODEL, "deployments": deployments}]}, source="<demo>"
     )
-    apps = [
+    apps: list[ServedApp] = [
         (create_backend(BackendSettings(model=UPSTREAM_MODEL, profile=profile, seed=i)), sock)
         for i, (profile, sock) in enumerate(zip(PROFILES, backend_sockets, strict=True))
     ]
-    apps.append((create_app(config), gateway_socket))
+    apps.append((create_app(config), gateway_socket, {"http": gateway_protocol(config.server)}))
     url = f"http://{host}:{gateway_socket.getsockname()[1]}"
 
     def banner() -> None:

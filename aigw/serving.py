@@ -1,17 +1,36 @@
-"""Run several ASGI apps in one process and one event loop (the demo, benchmarks)."""
+"""Serving ASGI apps: the gateway's guarded HTTP protocol, and several apps in one event loop
+(the demo, benchmarks)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import socket
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
 
-__all__ = ["EmbeddedServer", "bind", "serve_together"]
+from aigw.config import ServerConfig
+from aigw.connections import ConnectionGuard, ConnectionLimits
+
+__all__ = ["EmbeddedServer", "bind", "gateway_protocol", "serve_together"]
+
+# (app, listening socket) or (app, socket, uvicorn.Config options for that server alone)
+ServedApp = tuple[Any, socket.socket] | tuple[Any, socket.socket, Mapping[str, Any]]
+
+
+def gateway_protocol(server: ServerConfig) -> type[asyncio.Protocol]:
+    """The HTTP protocol for one gateway server: httptools with the config's connection limits."""
+    limits = ConnectionLimits(
+        max_connections=server.max_connections,
+        max_header_bytes=server.max_header_bytes,
+        header_timeout_s=server.header_timeout_s,
+        body_timeout_s=server.body_timeout_s,
+        send_timeout_s=server.send_timeout_s,
+    )
+    return ConnectionGuard(limits).protocol_class()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -35,7 +54,7 @@ class EmbeddedServer(uvicorn.Server):
 
 
 async def serve_together(
-    apps: Sequence[tuple[Any, socket.socket]],
+    apps: Sequence[ServedApp],
     on_started: Callable[[], None] | None = None,
     **config: Any,
 ) -> None:
@@ -44,8 +63,12 @@ async def serve_together(
     ``on_started`` runs once every server has finished its startup (lifespans included).
     """
     servers = [
-        EmbeddedServer(uvicorn.Config(app, log_level="warning", access_log=False, **config))
-        for app, _ in apps
+        EmbeddedServer(
+            uvicorn.Config(
+                app[0], log_level="warning", access_log=False, **{**config, **_own_options(app)}
+            )
+        )
+        for app in apps
     ]
     loop = asyncio.get_running_loop()
 
@@ -68,9 +91,13 @@ async def serve_together(
     announcer = asyncio.ensure_future(announce())
     try:
         await asyncio.gather(
-            *(s.serve(sockets=[sock]) for s, (_, sock) in zip(servers, apps, strict=True))
+            *(s.serve(sockets=[app[1]]) for s, app in zip(servers, apps, strict=True))
         )
     finally:
         announcer.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _own_options(app: ServedApp) -> Mapping[str, Any]:
+    return app[2] if len(app) == 3 else {}

@@ -10,6 +10,7 @@ import pytest
 
 from aigw.app import create_app
 from aigw.configfile import parse_config
+from aigw.serving import gateway_protocol
 from aigw.sim.server import BackendSettings, Faults
 from aigw.sim.server import create_app as create_backend
 from tests.servers import ThreadedServer, serve_in_thread
@@ -53,7 +54,9 @@ def start_gateway(servers: ExitStack) -> Callable[..., ThreadedServer]:
     """Start a gateway from a config mapping (as YAML would give it)."""
 
     def start(config: dict[str, Any]) -> ThreadedServer:
-        app = create_app(parse_config(config, source="<test>"), seed=0)
-        return servers.enter_context(serve_in_thread(app))
+        parsed = parse_config(config, source="<test>")
+        app = create_app(parsed, seed=0)
+        # The protocol `aigw serve` runs, with the config's connection limits.
+        return servers.enter_context(serve_in_thread(app, http=gateway_protocol(parsed.server)))
 
     return start

@@ -28,14 +28,14 @@ def free_port() -> int:
 class ThreadedServer:
     """uvicorn serving ``app`` on 127.0.0.1 in a background thread; ``url`` once started."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, **options: Any) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port or 0))
         self.port: int = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2
+            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2, **options
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"server:{self.port}")
@@ -68,8 +68,9 @@ class ThreadedServer:
 
 
 @contextmanager
-def serve_in_thread(app: Any, port: int | None = None) -> Iterator[ThreadedServer]:
-    server = ThreadedServer(app, port).start()
+def serve_in_thread(app: Any, port: int | None = None, **options: Any) -> Iterator[ThreadedServer]:
+    """``options`` go to ``uvicorn.Config`` (e.g. ``http=`` a protocol class)."""
+    server = ThreadedServer(app, port, **options).start()
     try:
         yield server
     finally:
