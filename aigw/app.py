@@ -27,6 +27,7 @@ from aigw.fleet.attempt import Observers
 from aigw.gateway import Gateway
 from aigw.limits import RateLimits
 from aigw.policies.filters import MODEL_AWARE_FILTERS
+from aigw.redaction import redactor_for
 from aigw.routing.context import ContextBuilder
 from aigw.routing.recorder import SignalRecorder
 from aigw.routing.router import Router
@@ -59,6 +60,7 @@ def build_gateway(
         observers=Observers([SignalRecorder(), router.health]),
         max_attempts=config.retry.max_attempts,
         max_reply_bytes=config.server.max_upstream_reply_bytes,
+        redactor=redactor_for(config),
     )
 
 

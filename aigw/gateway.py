@@ -46,10 +46,11 @@ from aigw.fleet.attempt import Attempt, Observers
 from aigw.fleet.deployment import Deployment
 from aigw.limits import Booking, DeploymentQuotaSpent, RateLimits
 from aigw.providers import StreamTranslator
+from aigw.redaction import Redactor
 from aigw.routing.context import ContextBuilder
 from aigw.routing.router import ModelRoute, Router
 from aigw.state.base import Lease, Ticket
-from aigw.types import Endpoint, Principal, RequestMeta, RouteContext
+from aigw.types import Endpoint, Principal, RequestMeta, RouteContext, Usage
 from aigw.upstream import Transport, UpstreamResponse
 
 __all__ = ["Gateway", "Reply", "UpstreamStream"]
@@ -129,6 +130,7 @@ class Gateway:
         observers: Observers,
         max_attempts: int,
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        redactor: Redactor | None = None,
     ) -> None:
         self.auth = auth
         self.limits = limits
@@ -139,6 +141,7 @@ class Gateway:
         self._observers = observers
         self._max_attempts = max_attempts
         self._max_reply_bytes = max_reply_bytes
+        self._redact = redactor or Redactor()
         # Internal request ids: unique across processes without a uuid per request.
         self._id_prefix = uuid.uuid4().hex[:12] + "-"
         self._ids = itertools.count(1)
@@ -291,7 +294,7 @@ class Gateway:
                 raise
             response.release()
         if response.status >= 400:
-            raise _upstream_error(deployment, provider.parse_error(response.status, data))
+            raise self._upstream_error(deployment, provider.parse_error(response.status, data))
         attempt.last_byte_at = asyncio.get_running_loop().time()
         try:
             body, attempt.usage = provider.parse_response(ctx.endpoint, response.status, data)
@@ -299,7 +302,7 @@ class Gateway:
             raise UpstreamConnectionError(
                 f"deployment {deployment.id}: {exc.message}", code=exc.code
             ) from exc
-        return body
+        return self._redact.data(body)
 
     async def _open_stream(self, attempt: Attempt) -> _Opened:
         deployment = attempt.deployment
@@ -307,6 +310,8 @@ class Gateway:
         ctx = attempt.ctx
         upstream = provider.build_request(ctx.endpoint, ctx.body)
         translator = provider.stream_translator(ctx.endpoint, ctx.body)
+        if self._redact:
+            translator = _Redacting(translator, self._redact)
         attempt.engine_queued = _engine_queue(deployment)
         with self._transport.errors(deployment, "waiting for the first byte"):
             async with asyncio.timeout(deployment.config.timeouts.first_byte):
@@ -314,7 +319,7 @@ class Gateway:
                 try:
                     if response.status >= 400:
                         error = provider.parse_error(response.status, await response.read())
-                        raise _upstream_error(deployment, error)
+                        raise self._upstream_error(deployment, error)
                     first = await _first_output(response, translator, deployment)
                 except BaseException:
                     response.close()
@@ -323,6 +328,28 @@ class Gateway:
         attempt.relayed_events = first.count(b"data:")
         self._observers.on_first_byte(attempt)
         return _Opened(response, translator, first)
+
+    def _upstream_error(self, deployment: Deployment, error: UpstreamStatusError) -> GatewayError:
+        """The upstream's error as the client should see it: configured secrets and internal
+        origins scrubbed from its text (an upstream may echo the request's headers).
+
+        A 401/403/407 from an upstream means the *gateway's* credentials for that deployment
+        are wrong: not the client's fault, so it is a retryable 502 that counts against the
+        deployment, and the upstream's message (which may quote the key) is not relayed.
+        """
+        if error.status in (401, 403, 407):
+            log.error(
+                "deployment %s rejected the gateway's credentials (HTTP %d)",
+                deployment.id,
+                error.status,
+            )
+            return UpstreamConnectionError(
+                f"deployment {deployment.id} rejected the gateway's credentials "
+                f"(HTTP {error.status}); check its api_key",
+                code="upstream_auth_failed",
+            )
+        _scrub(error, self._redact)
+        return error
 
     # --- 6: account ----------------------------------------------------------------------
 
@@ -507,27 +534,6 @@ class UpstreamStream:
         await self._settle(None)
 
 
-def _upstream_error(deployment: Deployment, error: UpstreamStatusError) -> GatewayError:
-    """The upstream's error as the client should see it.
-
-    A 401/403/407 from an upstream means the *gateway's* credentials for that deployment are
-    wrong: not the client's fault, so it is a retryable 502 that counts against the
-    deployment, and the upstream's message (which may quote the key) is not relayed.
-    """
-    if error.status in (401, 403, 407):
-        log.error(
-            "deployment %s rejected the gateway's credentials (HTTP %d)",
-            deployment.id,
-            error.status,
-        )
-        return UpstreamConnectionError(
-            f"deployment {deployment.id} rejected the gateway's credentials "
-            f"(HTTP {error.status}); check its api_key",
-            code="upstream_auth_failed",
-        )
-    return error
-
-
 def _quota_spent(spent: DeploymentQuotaSpent) -> RateLimitError:
     retry = max(1, int((spent.retry_after_s or 60) + 0.999))
     return RateLimitError(
@@ -557,3 +563,40 @@ def _exhausted(model: str, failures: list[tuple[str, GatewayError]]) -> GatewayE
         f"All {len(failures)} deployments tried for model `{model}` failed: {detail}",
         code="all_deployments_failed",
     )
+
+
+def _scrub(error: GatewayError, redact: Redactor) -> None:
+    """Scrub the upstream-supplied parts of ``error`` in place."""
+    error.message = redact.text(error.message)
+    if error.param is not None:
+        error.param = redact.text(error.param)
+    if error.code is not None:
+        error.code = redact.text(error.code)
+
+
+class _Redacting:
+    """A stream translator whose output and in-stream errors pass through a Redactor."""
+
+    __slots__ = ("_inner", "_redact")
+
+    def __init__(self, inner: StreamTranslator, redact: Redactor) -> None:
+        self._inner = inner
+        self._redact = redact
+
+    def feed(self, chunk: bytes) -> bytes:
+        try:
+            return self._redact.data(self._inner.feed(chunk))
+        except GatewayError as exc:
+            _scrub(exc, self._redact)
+            raise
+
+    def finish(self) -> bytes:
+        try:
+            return self._redact.data(self._inner.finish())
+        except GatewayError as exc:
+            _scrub(exc, self._redact)
+            raise
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._inner.usage

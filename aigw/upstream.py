@@ -13,6 +13,8 @@ Transport failures are translated into the gateway's error tree here, at the bou
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
@@ -25,6 +27,8 @@ from aigw.fleet.deployment import Deployment
 from aigw.types import UpstreamRequest
 
 __all__ = ["Transport", "UpstreamBody", "UpstreamPool", "UpstreamResponse", "transport_errors"]
+
+log = logging.getLogger("aigw.upstream")
 
 
 class UpstreamBody(Protocol):
@@ -129,15 +133,24 @@ def transport_errors(deployment: Deployment, phase: str) -> Iterator[None]:
             f"deployment {deployment.id} timed out ({phase})", code="upstream_timeout"
         ) from exc
     except aiohttp.ClientConnectorError as exc:
+        # The client learns which deployment and why in general terms; the exception's text
+        # (which names internal hosts and ports) goes to the log only.
+        log.warning("deployment %s is unreachable: %s", deployment.id, exc)
         raise UpstreamConnectionError(
-            f"deployment {deployment.id} is unreachable: {exc.os_error.strerror or exc}",
+            f"deployment {deployment.id} is unreachable: {_reason(exc.os_error)}",
             code="upstream_unreachable",
         ) from exc
     except (aiohttp.ClientError, ConnectionError) as exc:
+        log.warning("deployment %s failed (%s): %r", deployment.id, phase, exc)
         raise UpstreamConnectionError(
-            f"deployment {deployment.id} failed ({phase}): {type(exc).__name__}: {exc}",
+            f"deployment {deployment.id} failed ({phase}): {type(exc).__name__}",
             code="upstream_error",
         ) from exc
+
+
+def _reason(error: OSError) -> str:
+    """An OS error in general words ("Connection refused"): its text may name the address."""
+    return os.strerror(error.errno) if error.errno else "connection failed"
 
 
 def _with_request_id(headers: Mapping[str, str], request_id: str | None) -> Mapping[str, str]:
