@@ -77,7 +77,11 @@ class StateConfig(_Strict):
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"expected a redis://, rediss:// or unix:// URL (got {value!r})")
+            # Only the scheme is echoed: the rest may hold a password.
+            raise ValueError(
+                "expected a redis://, rediss:// or unix:// URL "
+                f"(got one starting {urlsplit(value).scheme or value[:8]!r})"
+            )
         return value
 
     @model_validator(mode="after")
@@ -150,7 +154,9 @@ class DeploymentConfig(_Strict):
                 "credentials in the URL are not allowed; put the key in api_key (or headers)"
             )
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL (got {value!r})")
+            raise ValueError(
+                f"expected an http:// or https:// URL (got one starting {value.split(':')[0]!r})"
+            )
         return value.rstrip("/")
 
 

@@ -112,7 +112,8 @@ def _format_validation(exc: ValidationError, source: str) -> list[str]:
         elif error["type"] == "missing":
             message = "required field is missing"
         elif "input" in error and error["type"] not in ("value_error", "assertion_error"):
-            message = f"{message} (got {_short(error['input'])})"
+            shown = "a secret, not shown" if _secret_field(error["loc"]) else _short(error["input"])
+            message = f"{message} (got {shown})"
         if loc:
             # Cross-reference problems carry their own paths, joined with "; ".
             if error["type"] == "value_error" and not error["loc"]:
@@ -122,6 +123,14 @@ def _format_validation(exc: ValidationError, source: str) -> list[str]:
         else:
             problems.extend(f"{source}: {p}" for p in message.split("; "))
     return problems
+
+
+# Fields whose input may be a secret: a config error (printed, logged) never quotes them.
+_SECRET_FIELDS = frozenset({"key", "api_key", "admin_key", "headers", "url"})
+
+
+def _secret_field(loc: tuple[str | int, ...] | list[str | int]) -> bool:
+    return any(part in _SECRET_FIELDS for part in loc)
 
 
 def _dotted(path: tuple[str | int, ...] | list[str | int]) -> str:

@@ -158,3 +158,21 @@ def test_state_fields_are_checked() -> None:
     assert "state.url: expected a redis://" in found
     assert "state.timeout_s" in found
     assert "state.lease_ttl_s" in found
+
+
+def test_config_errors_never_quote_a_secret() -> None:
+    """A mistake in a field that holds a secret names the field, not the value."""
+    raw = minimal(
+        api_key=["sk-secret-list-1"],
+        headers={"x-token": 123456789},
+        base_url="ftp://user:sk-secret-url-2@host/v1",
+    )
+    raw["state"] = {"backend": "redis", "url": "http://:sk-secret-redis-3@host:6379"}
+    raw["auth"] = {"keys": [{"name": "a", "key": 987654321}], "admin_key": ["sk-secret-admin-4"]}
+    found = "\n".join(problems(raw))
+    for secret in ("sk-secret-list-1", "123456789", "sk-secret-url-2", "sk-secret-redis-3"):
+        assert secret not in found
+    assert "987654321" not in found and "sk-secret-admin-4" not in found
+    assert "models[0].deployments[0].api_key: Input should be a valid string" in found
+    assert "auth.keys[0].key: Input should be a valid string (got a secret, not shown)" in found
+    assert "state.url: expected a redis://" in found
