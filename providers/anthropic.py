@@ -222,23 +222,65 @@ def _stream_error(data: dict[str, Any]) -> UpstreamStatusError:
     if not isinstance(kind, str):
         kind = "api_error"
     status, openai_type = _ERROR_TYPES.get(kind, (502, "api_error"))
-    message = error.get("message") or f"Anthropic reported {kind} mid-stream"
+    message = error.get("message")
+    if not isinstance(message, str) or not message:
+        message = f"Anthropic reported {kind} mid-stream"
     return UpstreamStatusError(status, message, type=openai_type, code=kind)
 
 
-def _load_object(body: bytes | str, what: str) -> dict[str, Any]:
+def _load_object(body: bytes | str, what: str, code: str | None = None) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise UpstreamStatusError(502, f"Anthropic sent a {what} that is not JSON: {exc}") from exc
+        raise UpstreamStatusError(
+            502, f"Anthropic sent a {what} that is not JSON: {exc}", code=code
+        ) from exc
     if not isinstance(data, dict):
-        raise UpstreamStatusError(502, f"Anthropic sent a {what} that is not a JSON object")
+        raise UpstreamStatusError(
+            502, f"Anthropic sent a {what} that is not a JSON object", code=code
+        )
     return data
 
 
 # -- stream ----------------------------------------------------------------------------------
 
 _CHUNK_TAIL = b',"logprobs":null,"finish_reason":null}]}\n\n'
+# Token counts are summed (prompt = input + cache writes + cache reads) and serialised by
+# orjson, which refuses integers over 64 bits; 2**53 is also where JSON readers lose precision.
+_MAX_COUNT = (1 << 53) - 1
+
+
+def _malformed(field: str) -> UpstreamStatusError:
+    # Same code as OpenAIStream's refused lines; the offending value is not quoted.
+    return UpstreamStatusError(
+        502, f"Anthropic sent a stream event with a malformed {field!r}", code="upstream_bad_event"
+    )
+
+
+def _object(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """``data[key]`` when it is an object, ``{}`` when absent or null; else a malformed event."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _malformed(key)
+    return value
+
+
+def _string(data: dict[str, Any], key: str) -> str | None:
+    """``data[key]`` when it is a string, None when absent or null; else a malformed event."""
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _malformed(key)
+    return value
+
+
+def _index(data: dict[str, Any]) -> int:
+    """A content block's ``index``, which Anthropic always sends as an integer."""
+    value = data.get("index")
+    if type(value) is not int:
+        raise _malformed("index")
+    return value
 
 
 class AnthropicStream:
@@ -253,11 +295,14 @@ class AnthropicStream:
     ``id`` (Anthropic's message id), ``created`` and ``model``.
 
     Errors (:class:`UpstreamStatusError`): an ``error`` event (status from its type:
-    overloaded → 503, api_error → 502, rate_limit → 429, ...); an event that is not JSON
-    (502); ``finish`` before ``message_stop`` (502). When an error event arrives after output
-    was already returned by an earlier ``feed``, the output decoded before it in the same
-    chunk is returned first and the error is raised by the next ``feed``/``finish``; before
-    any output it is raised at once, so the gateway can still retry elsewhere.
+    overloaded → 503, api_error → 502, rate_limit → 429, ...); an event that is not a JSON
+    object, or whose fields the translation reads have the wrong JSON type, or a token count
+    that is negative or over 2**53 (502 ``upstream_bad_event``: never an exception of another
+    kind, never a chunk carrying the bad value); ``finish`` before ``message_stop`` (502).
+    When an error event or a malformed one arrives after output was already returned by an
+    earlier ``feed``, the output decoded before it in the same chunk is returned first and the
+    error is raised by the next ``feed``/``finish``; before any output it is raised at once,
+    so the gateway can still retry elsewhere.
     """
 
     __slots__ = (
@@ -325,38 +370,12 @@ class AnthropicStream:
     def _translate(self, events: list[ServerSentEvent]) -> bytes:
         out: list[bytes] = []
         for event in events:
-            data = _load_object(event.data, "stream event")
-            kind = data.get("type")
-            if kind == "content_block_delta":
-                self._block_delta(data, out)
-            elif kind == "content_block_start":
-                self._block_start(data, out)
-            elif kind == "message_start":
-                message = data.get("message") or {}
-                if message.get("id") and message.get("model"):
-                    self._set_identity(message["id"], message["model"])
-                self._add_usage(message.get("usage"))
-                out.append(self._prefix + b'{"role":"assistant","content":""}' + _CHUNK_TAIL)
-            elif kind == "message_delta":
-                self._add_usage(data.get("usage"))
-                reason = FINISH_REASONS.get((data.get("delta") or {}).get("stop_reason"), "stop")
-                out.append(
-                    self._prefix
-                    + b'{},"logprobs":null,"finish_reason":"'
-                    + reason.encode()
-                    + b'"}]}\n\n'
-                )
-            elif kind == "message_stop":
-                if self._include_usage:
-                    usage = orjson.dumps(_usage(self._usage))
-                    out.append(self._head + b',"choices":[],"usage":' + usage + b"}\n\n")
-                out.append(DONE)
-                self._finished = True
-                break
-            elif kind == "error":
-                error = _stream_error(data)
+            try:
+                if self._event(event, out):
+                    break
+            except UpstreamStatusError as error:  # an error event, or a malformed one
                 if not (out and self._emitted):
-                    raise error
+                    raise
                 self._error = error
                 break
         if not out:
@@ -364,34 +383,73 @@ class AnthropicStream:
         self._emitted = True
         return b"".join(out)
 
+    def _event(self, event: ServerSentEvent, out: list[bytes]) -> bool:
+        """Translate one event onto ``out``; True once the stream is finished."""
+        data = _load_object(event.data, "stream event", "upstream_bad_event")
+        kind = data.get("type")
+        if kind == "content_block_delta":
+            self._block_delta(data, out)
+        elif kind == "content_block_start":
+            self._block_start(data, out)
+        elif kind == "message_start":
+            message = _object(data, "message")
+            message_id, model = _string(message, "id"), _string(message, "model")
+            if message_id and model:
+                self._set_identity(message_id, model)
+            self._add_usage(message.get("usage"))
+            out.append(self._prefix + b'{"role":"assistant","content":""}' + _CHUNK_TAIL)
+        elif kind == "message_delta":
+            self._add_usage(data.get("usage"))
+            reason = FINISH_REASONS.get(_string(_object(data, "delta"), "stop_reason"), "stop")
+            out.append(
+                self._prefix
+                + b'{},"logprobs":null,"finish_reason":"'
+                + reason.encode()
+                + b'"}]}\n\n'
+            )
+        elif kind == "message_stop":
+            if self._include_usage:
+                usage = orjson.dumps(_usage(self._usage))
+                out.append(self._head + b',"choices":[],"usage":' + usage + b"}\n\n")
+            out.append(DONE)
+            self._finished = True
+            return True
+        elif kind == "error":
+            raise _stream_error(data)
+        return False
+
     def _block_start(self, data: dict[str, Any], out: list[bytes]) -> None:
-        block = data.get("content_block") or {}
+        block = _object(data, "content_block")
         kind = block.get("type")
         if kind == "tool_use":
-            index = self._tool_index[data.get("index")] = len(self._tool_index)
+            index = self._tool_index[_index(data)] = len(self._tool_index)
             call = {
                 "index": index,
-                "id": block.get("id"),
+                "id": _string(block, "id"),
                 "type": "function",
-                "function": {"name": block.get("name"), "arguments": ""},
+                "function": {"name": _string(block, "name"), "arguments": ""},
             }
             out.append(self._prefix + orjson.dumps({"tool_calls": [call]}) + _CHUNK_TAIL)
-        elif kind == "text" and block.get("text"):
-            out.append(self._prefix + orjson.dumps({"content": block["text"]}) + _CHUNK_TAIL)
+        elif kind == "text" and (text := _string(block, "text")):
+            out.append(self._prefix + orjson.dumps({"content": text}) + _CHUNK_TAIL)
 
     def _block_delta(self, data: dict[str, Any], out: list[bytes]) -> None:
-        delta = data.get("delta") or {}
+        delta = _object(data, "delta")
         kind = delta.get("type")
         if kind == "text_delta":
-            if delta.get("text"):
-                out.append(self._prefix + orjson.dumps({"content": delta["text"]}) + _CHUNK_TAIL)
+            if text := _string(delta, "text"):
+                out.append(self._prefix + orjson.dumps({"content": text}) + _CHUNK_TAIL)
         elif kind == "input_json_delta":
-            index = self._tool_index.get(data.get("index"))
-            if index is not None and delta.get("partial_json"):
-                call = {"index": index, "function": {"arguments": delta["partial_json"]}}
+            index = self._tool_index.get(_index(data))
+            if index is not None and (fragment := _string(delta, "partial_json")):
+                call = {"index": index, "function": {"arguments": fragment}}
                 out.append(self._prefix + orjson.dumps({"tool_calls": [call]}) + _CHUNK_TAIL)
 
     def _add_usage(self, usage: object) -> None:
         if isinstance(usage, dict):
-            # message_delta counts are cumulative: later values replace earlier ones.
-            self._usage.update((k, v) for k, v in usage.items() if isinstance(v, int))
+            # message_delta counts are cumulative: later values replace earlier ones. Other
+            # values (objects such as ``cache_creation``, strings, booleans) are not counts.
+            counts = {k: v for k, v in usage.items() if type(v) is int}
+            if any(not 0 <= v <= _MAX_COUNT for v in counts.values()):
+                raise _malformed("usage")
+            self._usage.update(counts)
