@@ -46,6 +46,7 @@ import orjson
 from aigw.config import DeploymentConfig
 from aigw.errors import InvalidRequestError, UpstreamStatusError
 from aigw.providers.anthropic_request import DEFAULT_MAX_TOKENS, to_anthropic_request
+from aigw.providers.openai_stream import MAX_EVENT_BYTES
 from aigw.sse import DONE, ServerSentEvent, SSEDecoder
 from aigw.types import Endpoint, UpstreamRequest, Usage
 
@@ -314,12 +315,14 @@ class AnthropicStream:
         "_head",
         "_include_usage",
         "_prefix",
+        "_since_event",
         "_tool_index",
         "_usage",
     )
 
     def __init__(self, model: str, created: int, *, include_usage: bool = False) -> None:
         self._decoder = SSEDecoder()
+        self._since_event = 0  # bytes fed since the decoder last completed an event
         self._include_usage = include_usage
         self._created = created
         self._set_identity(f"chatcmpl-{uuid.uuid4().hex}", model)
@@ -339,7 +342,19 @@ class AnthropicStream:
             raise self._error
         if self._finished:
             return b""
-        return self._translate(self._decoder.feed(chunk))
+        events = self._decoder.feed(chunk)
+        if events:
+            self._since_event = 0  # what is left undecoded is less than this chunk
+        else:
+            self._since_event += len(chunk)
+            if self._since_event > MAX_EVENT_BYTES:  # an endless event: not held in memory
+                self._error = UpstreamStatusError(
+                    502,
+                    f"upstream sent a stream event over {MAX_EVENT_BYTES} bytes",
+                    code="upstream_event_too_large",
+                )
+                raise self._error
+        return self._translate(events)
 
     def finish(self) -> bytes:
         if self._error is not None:

@@ -23,8 +23,10 @@ gateway turns into one error event, closing the upstream. (A field name without 
 legal SSE but written by no such server, is refused too.) A chunk holding one single-line JSON
 event, the usual case, is checked by its start and two byte searches; any other complete
 events are checked line by line; of an unfinished event only its first bytes are checked
-before its end arrives (the rest is checked when it completes), so with
-``strip_usage_chunk=False`` a later line of that event may reach the client before the error.
+before its end arrives (the rest is checked when it completes). An unfinished event is held
+back until its end arrives (no SSE client can use part of one), so an event refused at its
+end never reaches the client in part, and the gateway's error event is an event of its own.
+A byte order mark is allowed only before the stream's first line.
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ def _split_events(region: bytes) -> list[bytes]:
 
 
 def _completes_event(last: bytes, chunk: bytes) -> bool:
-    """Whether ``chunk``, following pending bytes ending with ``last``, ends an event."""
+    """Whether ``chunk``, following pending bytes whose last three are ``last``, ends an
+    event."""
     if b"\n" not in chunk:  # every boundary _events_end knows ends with \n
         return False
     return (
@@ -136,10 +139,10 @@ def _completes_event(last: bytes, chunk: bytes) -> bool:
     )
 
 
-def _bad_line(region: bytes) -> bool:
+def _bad_line(region: bytes, at_start: bool) -> bool:
     """Whether ``region`` (whole events, or the unterminated end of a stream) holds a line an
-    OpenAI-compatible upstream may not send."""
-    if region.startswith(_BOM):  # allowed before the first line of a stream
+    OpenAI-compatible upstream may not send; ``at_start``: it begins the stream."""
+    if at_start and region.startswith(_BOM):  # allowed before the first line of a stream
         region = region[len(_BOM) :]
     first_data = True
     for line in region.splitlines():
@@ -154,12 +157,14 @@ def _bad_line(region: bytes) -> bool:
     return False
 
 
-def _bad_start(tail: bytes) -> bool:
-    """Whether the start of an unfinished event already shows it is not a valid line."""
-    if tail.startswith(_BOM):
-        tail = tail[len(_BOM) :]
-    elif _BOM.startswith(tail):
-        return False  # a stream starting with part of a byte order mark
+def _bad_start(tail: bytes, at_start: bool) -> bool:
+    """Whether the start of an unfinished event already shows it is not a valid line;
+    ``at_start``: the event begins the stream (a byte order mark may come first)."""
+    if at_start:
+        if tail.startswith(_BOM):
+            tail = tail[len(_BOM) :]
+        elif _BOM.startswith(tail):
+            return False  # a stream starting with part of a byte order mark
     if tail.startswith(_LINE_STARTS) or tail.startswith((b"\n", b"\r")):
         return False
     # Too short to tell yet: valid while it is the start of some allowed line.
@@ -183,11 +188,10 @@ def _bad_event() -> UpstreamConnectionError:
 class OpenAIStream:
     """Relays one OpenAI-compatible stream; records its usage; may drop the usage-only event.
 
-    With ``strip_usage_chunk`` False the output of every ``feed`` is its input, unchanged. With
-    it True, complete events are returned as soon as they are complete (an event split across
-    chunks waits for its end, which no SSE client could use earlier anyway) and the events
-    that carry a usage object with no (or empty) ``choices`` are left out; all other bytes are
-    returned exactly as received. An event carrying usage *and* choices (some servers put usage
+    Complete events are returned as soon as they are complete (an event split across chunks
+    waits for its end, which no SSE client could use earlier anyway), exactly as received; with
+    ``strip_usage_chunk`` the events that carry a usage object with no (or empty) ``choices``
+    are left out. An event carrying usage *and* choices (some servers put usage
     on the finishing chunk) is kept. ``usage`` is the last usage object seen, None until then.
     Error events inside the stream are the client's to read and pass unchanged.
 
@@ -197,7 +201,16 @@ class OpenAIStream:
     server writes (see the module docstring). Nothing is returned for a chunk that raises.
     """
 
-    __slots__ = ("_max", "_pending", "_size", "_strip", "_usage")
+    __slots__ = (
+        "_last3",
+        "_max",
+        "_pending",
+        "_pending_first",
+        "_size",
+        "_started",
+        "_strip",
+        "_usage",
+    )
 
     def __init__(
         self, *, strip_usage_chunk: bool = False, max_event_bytes: int = MAX_EVENT_BYTES
@@ -208,6 +221,9 @@ class OpenAIStream:
         # Bytes of the unfinished last event, as received; joined once the event completes,
         # so a long event arriving in many pieces costs linear copying.
         self._pending: list[bytes] = []
+        self._last3 = b""  # the last three pending bytes: a boundary may straddle pieces
+        self._started = False  # whether any bytes came yet (a BOM may only come first)
+        self._pending_first = False  # whether the pending bytes begin the stream
         self._usage: Usage | None = None
 
     @property
@@ -215,7 +231,7 @@ class OpenAIStream:
         return self._usage
 
     def feed(self, chunk: bytes) -> bytes:
-        if not self._pending and chunk.endswith(b"\n\n"):
+        if not self._pending and chunk.endswith(b"\n\n") and self._started:
             # The usual case: the upstream wrote whole events and nothing is pending. One
             # valid single-line event needs no more checking than its start and one newline.
             if not (
@@ -227,14 +243,17 @@ class OpenAIStream:
                 self._check_events(chunk)
             if _find_usage(chunk) is None:
                 return chunk
-            out = self._scan(chunk)
-            return out if self._strip else chunk
+            return self._scan(chunk)
         return self._feed_partial(chunk)
 
     def _feed_partial(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return b""
         pending = self._pending
+        first = self._pending_first if pending else not self._started  # data begins the stream
+        self._started = True
         if pending:
-            completes = _completes_event(pending[-1], chunk)
+            completes = _completes_event(self._last3, chunk)
             pending.append(chunk)
             if not completes:
                 # Nothing is joined until the event ends: an event sent a line per chunk
@@ -242,10 +261,11 @@ class OpenAIStream:
                 size = self._size + len(chunk)
                 if size > self._max:
                     raise _event_too_large(self._max)
-                if self._size < _JUDGE_BYTES and _bad_start(b"".join(pending)):
+                if self._size < _JUDGE_BYTES and _bad_start(b"".join(pending), first):
                     raise _bad_event()  # its start was too short to judge before
                 self._size = size
-                return b"" if self._strip else chunk
+                self._last3 = (self._last3 + chunk)[-3:]
+                return b""
             data = b"".join(pending)
             pending.clear()
         else:
@@ -255,20 +275,21 @@ class OpenAIStream:
             tail = data[end:]
             if len(tail) > self._max:
                 raise _event_too_large(self._max)
-            if _bad_start(tail):
+            if _bad_start(tail, first and end == 0):
                 raise _bad_event()
             pending.append(tail)
+            self._pending_first = first and end == 0
             self._size = len(tail)
+            self._last3 = tail[-3:]
             complete = data[:end]
         else:
             self._size = 0
             complete = data
         if complete:
-            self._check_events(complete)
+            self._check_events(complete, first)
         if _find_usage(complete) is None:
-            return complete if self._strip else chunk
-        out = self._scan(complete)
-        return out if self._strip else chunk
+            return complete
+        return self._scan(complete)
 
     def finish(self) -> bytes:
         """Whatever the upstream left unterminated (returned when stripping); no ``[DONE]``,
@@ -276,13 +297,14 @@ class OpenAIStream:
         rest = b"".join(self._pending)
         self._pending.clear()
         self._size = 0
-        if rest and _bad_line(rest):
+        self._last3 = b""
+        if rest and _bad_line(rest, self._pending_first):
             raise _bad_event()
         if rest and _find_usage(rest):
             rest = self._scan(rest)
-        return rest if self._strip else b""
+        return rest
 
-    def _check_events(self, region: bytes) -> None:
+    def _check_events(self, region: bytes, at_start: bool = False) -> None:
         """Raise unless every event in ``region`` (whole events) is small and well formed."""
         if (
             region.startswith(_JSON_STARTS)
@@ -293,7 +315,7 @@ class OpenAIStream:
             return  # one single-line JSON event, as in ``feed``'s fast path
         if len(region) > self._max and any(len(e) > self._max for e in _split_events(region)):
             raise _event_too_large(self._max)
-        if _bad_line(region):
+        if _bad_line(region, at_start):
             raise _bad_event()
 
     def _scan(self, region: bytes) -> bytes:

@@ -22,6 +22,7 @@ from aigw.providers.anthropic import (
     AnthropicProvider,
     AnthropicStream,
 )
+from aigw.providers.openai_stream import MAX_EVENT_BYTES
 from aigw.sse import SSEDecoder
 from aigw.types import Endpoint, Usage
 from tests.fakes.anthropic import MESSAGE_ID, create_fake_anthropic
@@ -793,6 +794,19 @@ def test_event_that_is_not_json_is_an_upstream_error() -> None:
     with pytest.raises(UpstreamStatusError) as info:
         AnthropicStream(MODEL, NOW).feed(b"event: message_start\ndata: {nope\n\n")
     assert info.value.status == 502
+
+
+def test_an_endless_event_is_cut_at_the_event_cap() -> None:
+    """An event that never ends is refused once it passes MAX_EVENT_BYTES, not buffered."""
+    translator = AnthropicStream(MODEL, NOW)
+    assert translator.feed(message_start("msg_x"))
+    translator.feed(b'event: content_block_delta\ndata: {"type": "content_block_delta", "delta": "')
+    with pytest.raises(UpstreamStatusError) as info:
+        for _ in range(MAX_EVENT_BYTES // 65_536 + 2):
+            translator.feed(b"x" * 65_536)
+    assert info.value.code == "upstream_event_too_large"
+    with pytest.raises(UpstreamStatusError):  # the stream stays failed
+        translator.finish()
 
 
 # -- errors ----------------------------------------------------------------------------------

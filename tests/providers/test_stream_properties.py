@@ -295,35 +295,20 @@ def test_openai_small_event_cap_ends_in_one_clean_error(
     assert len(outcomes) == 1  # refused whatever the cuts, or relayed whatever the cuts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OpenAIStream misses a CRLF boundary that arrives in three pieces (it only looks at "
-    "the last pending piece and the new chunk), so the events after it count as one",
-)
-def test_openai_crlf_boundary_split_in_three_is_missed() -> None:
+def test_openai_crlf_boundary_split_in_three_pieces_is_seen() -> None:
     event = b'data: {"a":1}\r\n\r\n'
     stream = event * 4
     translator = OpenAIStream(strip_usage_chunk=True, max_event_bytes=len(event))
     assert relay(translator, [stream[i : i + 1] for i in range(len(stream))]) == (stream, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OpenAIStream accepts a byte order mark at the start of any chunk's complete events, "
-    "so a BOM mid-stream is refused or relayed depending on where the chunks were cut",
-)
-def test_openai_bom_mid_stream() -> None:
+def test_openai_bom_mid_stream_is_refused_at_any_split() -> None:
     stream = b"data: {}\n\n" + BOM + b"data: {}\n\n"
     whole = relay(OpenAIStream(strip_usage_chunk=True), [stream])[1]
     cut = relay(OpenAIStream(strip_usage_chunk=True), [stream[:10], stream[10:]])[1]
-    assert (whole is None) == (cut is None)
+    assert whole is not None and cut is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="without stripping, the start of an unfinished event is relayed; when its end is "
-    "refused, the gateway's error event continues that event and the client never sees it",
-)
 def test_openai_error_after_a_relayed_partial_event_is_its_own_event() -> None:
     chunks = [b'data: {"a":1}\n', b"<html>\n\n"]
     out, error = relay(OpenAIStream(strip_usage_chunk=False), chunks)
