@@ -20,6 +20,7 @@ from aigw.admission import Admission
 from aigw.api import admin, routes
 from aigw.api.middleware import EdgeMiddleware
 from aigw.api.openai import ProxyEndpoint
+from aigw.api.openapi import openapi_route
 from aigw.api.state import AppState
 from aigw.auth import Authenticator
 from aigw.config import GatewayConfig
@@ -114,6 +115,7 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
             Route("/v1/models/{model:path}", routes.retrieve_model, methods=["GET"]),
             Route("/healthz", routes.healthz, methods=["GET"]),
             Route("/readyz", routes.readyz, methods=["GET"]),
+            openapi_route(),  # the document is built here, once
             Route("/admin/deployments", admin.list_deployments, methods=["GET"]),
             Route(
                 "/admin/deployments/{deployment}/{action}",

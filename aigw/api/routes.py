@@ -95,12 +95,16 @@ async def http_exception(request: Request, exc: Exception) -> Response:
             NotFoundError(f"Unknown route: {request.method} {request.url.path}", code="unknown_url")
         )
     if exc.status_code == 405:
+        # RFC 9110: a 405 names the methods the path has. Starlette's set is unordered.
+        allow = (exc.headers or {}).get("Allow", "")
+        methods = ", ".join(sorted(m.strip() for m in allow.split(",") if m.strip()))
         return error_response(
             MethodNotAllowedError(
                 f"Method {request.method} is not allowed on {request.url.path}.",
                 code="method_not_allowed",
+                headers={"Allow": methods},
             )
         )
-    error = GatewayError(exc.detail)
+    error = GatewayError(exc.detail, headers=dict(exc.headers or {}))
     error.status = exc.status_code
     return error_response(error)
