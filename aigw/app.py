@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,7 +24,7 @@ from aigw.api.openapi import openapi_route
 from aigw.api.state import AppState
 from aigw.auth import Authenticator
 from aigw.config import GatewayConfig
-from aigw.fleet.attempt import Observers
+from aigw.fleet.attempt import AttemptObserver, Observers
 from aigw.gateway import Gateway
 from aigw.limits import RateLimits
 from aigw.policies.filters import MODEL_AWARE_FILTERS
@@ -34,6 +34,9 @@ from aigw.routing.recorder import SignalRecorder
 from aigw.routing.router import Router
 from aigw.routing.scraper import MetricsScraper
 from aigw.state import SharedState, open_state
+from aigw.telemetry.logs import AccessLog
+from aigw.telemetry.metrics import GatewayMetrics
+from aigw.telemetry.records import RequestObservers
 from aigw.tokens import load_counter_async
 from aigw.types import Endpoint
 from aigw.upstream import Transport, UpstreamPool
@@ -49,8 +52,11 @@ def build_gateway(
     shared: SharedState,
     transport: Transport,
     contexts: ContextBuilder,
+    observers: Sequence[AttemptObserver] = (),
 ) -> Gateway:
-    """The request pipeline from its parts (the tests build it too, with a mock transport)."""
+    """The request pipeline from its parts (the tests build it too, with a mock transport).
+
+    ``observers`` listen to every attempt after the routing signals and health do."""
     return Gateway(
         auth=Authenticator.from_config(config.auth),
         limits=RateLimits(shared.limiter, config),
@@ -58,15 +64,19 @@ def build_gateway(
         router=router,
         transport=transport,
         contexts=contexts,
-        observers=Observers([SignalRecorder(), router.health]),
+        observers=Observers([SignalRecorder(), router.health, *observers]),
         max_attempts=config.retry.max_attempts,
         max_reply_bytes=config.server.max_upstream_reply_bytes,
         redactor=redactor_for(config),
     )
 
 
-def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
-    """The gateway as an ASGI app; nothing runs until its lifespan starts."""
+def create_app(
+    config: GatewayConfig, *, seed: int | None = None, access_log: bool = False
+) -> Starlette:
+    """The gateway as an ASGI app; nothing runs until its lifespan starts.
+
+    ``access_log``: log one line per proxied request (``aigw.access``)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -89,8 +99,21 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
         )
         shared = await open_state(config.state, loop.time)
         scraper.start()
-        gateway = build_gateway(config, router, shared, pool, contexts)
-        app.state.aigw = AppState(config=config, gateway=gateway, started_at=int(time.time()))
+        metrics = GatewayMetrics(
+            list(router.deployments.values()),
+            {m.name: m.policy_name for m in config.models},
+            shared.admission.depth,
+            loop.time,
+            shared.redis,
+        )
+        gateway = build_gateway(config, router, shared, pool, contexts, [metrics])
+        app.state.aigw = AppState(
+            config=config,
+            gateway=gateway,
+            started_at=int(time.time()),
+            requests=RequestObservers([metrics, *([AccessLog()] if access_log else [])]),
+            metrics=metrics,
+        )
         log.info(
             "aigw ready: %d models, %d deployments, %s state",
             len(router.models),
@@ -115,6 +138,7 @@ def create_app(config: GatewayConfig, *, seed: int | None = None) -> Starlette:
             Route("/v1/models/{model:path}", routes.retrieve_model, methods=["GET"]),
             Route("/healthz", routes.healthz, methods=["GET"]),
             Route("/readyz", routes.readyz, methods=["GET"]),
+            Route("/metrics", routes.metrics, methods=["GET"]),
             openapi_route(),  # the document is built here, once
             Route("/admin/deployments", admin.list_deployments, methods=["GET"]),
             Route(

@@ -16,10 +16,11 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from aigw.telemetry.logs import LogFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogFormatter(json=args.log_format == "json"))
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
     # httpx logs every metrics scrape at INFO; that is noise next to the gateway's own lines.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
     try:
@@ -38,13 +39,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON object per line (uvicorn's lines too)",
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway from a config file")
     serve.add_argument("--config", required=True, help="YAML config file")
     serve.add_argument("--host", help="overrides server.host")
     serve.add_argument("--port", type=int, help="overrides server.port")
-    serve.add_argument("--access-log", action="store_true", help="log every request (costs CPU)")
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="one line per proxied request: key, model, deployment, status, tokens, timings",
+    )
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser("demo", help="three simulated GPU backends behind the gateway")
@@ -95,10 +106,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     uvicorn.run(
-        create_app(config),
+        create_app(config, access_log=args.access_log),
         host=args.host or config.server.host,
         port=args.port if args.port is not None else config.server.port,
-        access_log=args.access_log,
+        access_log=False,  # aigw's own access log (above) says more, for proxied requests
+        log_config=None,  # uvicorn's lines go through the handler main() set up
         log_level=args.log_level,
         timeout_graceful_shutdown=int(config.server.drain_seconds),
         **{**_uvicorn_options(), "http": gateway_protocol(config.server)},  # type: ignore[arg-type]

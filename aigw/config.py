@@ -190,6 +190,10 @@ class ModelConfig(_Strict):
     # aigw.configfile (policies import this schema, so it cannot import them).
     policy: str | dict[str, Any] = "auto"
 
+    @property
+    def policy_name(self) -> str:
+        return self.policy if isinstance(self.policy, str) else str(self.policy.get("name"))
+
 
 class KeyConfig(_Strict):
     """One client API key. ``name`` is what logs, metrics and admin output show."""
@@ -259,6 +263,12 @@ class RetryConfig(_Strict):
     max_attempts: int = Field(3, gt=0)
 
 
+class MetricsConfig(_Strict):
+    """``GET /metrics``: open (Prometheus scrapes it as is), or behind ``auth.admin_key``."""
+
+    require_admin_key: bool = False
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     state: StateConfig = Field(default_factory=StateConfig)
@@ -268,10 +278,15 @@ class GatewayConfig(_Strict):
     health: HealthConfig = Field(default_factory=HealthConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @model_validator(mode="after")
     def _cross_references(self) -> GatewayConfig:
         problems: list[str] = []
+        if self.metrics.require_admin_key and self.auth.admin_key is None:
+            problems.append(
+                "metrics.require_admin_key: needs auth.admin_key (else /metrics is never open)"
+            )
         names = [m.name for m in self.models]
         seen: set[str] = set()
         for i, name in enumerate(names):

@@ -54,6 +54,8 @@ class GatewayError(Exception):
     status: int = 500
     type: str = "api_error"
     retryable: bool = False
+    # A 429's limit, for metrics: key_rpm, key_tpm, model_rpm or model_tpm (else its code).
+    limit: str | None = None
 
     def __init__(
         self,

@@ -75,6 +75,7 @@ class Reply:
     body: bytes
     headers: list[tuple[bytes, bytes]]
     account: Callable[[], Awaitable[None]]
+    attempt: Attempt  # the try that answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +166,8 @@ class Gateway:
         async def account() -> None:
             await self._account(request, dispatch, None)
 
-        return Reply(dispatch.attempt.deployment, data, request.headers, account)
+        attempt = dispatch.attempt
+        return Reply(attempt.deployment, data, request.headers, account, attempt)
 
     async def open_stream(
         self, principal: Principal, endpoint: Endpoint, body: dict[str, Any], meta: RequestMeta
@@ -462,19 +464,20 @@ class UpstreamStream:
     ) -> None:
         self.deployment = attempt.deployment
         self.headers = headers
-        self._attempt = attempt
+        self.attempt = attempt
         self._opened = opened
         self._transport = transport
         self._account = account
         self._accounted = False
 
-    async def relay(self, send: Send) -> None:
-        """Send every chunk as it arrives; end with an error event if the upstream breaks.
+    async def relay(self, send: Send) -> str | None:
+        """Send every chunk as it arrives; end with an error event if the upstream breaks
+        (its error code is returned; None when the stream ended well).
 
         Always accounts for the request (slot released, usage reconciled), also when cancelled
         (client disconnect): closing the response aborts the upstream request at once.
         """
-        attempt = self._attempt
+        attempt = self.attempt
         deployment = attempt.deployment
         idle = deployment.config.timeouts.idle
         loop = asyncio.get_running_loop()
@@ -521,6 +524,7 @@ class UpstreamStream:
                 response.close()
             attempt.abandoned = error is None and not finished
             await self._settle(error)
+        return error.code if error is not None else None
 
     async def _settle(self, error: GatewayError | None) -> None:
         if not self._accounted:
@@ -530,7 +534,7 @@ class UpstreamStream:
     async def close(self) -> None:
         """Give up on a stream that will not be relayed."""
         self._opened.response.close()
-        self._attempt.abandoned = True
+        self.attempt.abandoned = True
         await self._settle(None)
 
 

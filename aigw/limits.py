@@ -203,12 +203,14 @@ def _refusal(
             headers=plain,
         )
     retry = max(1, math.ceil(decision.retry_after_s))
-    return RateLimitError(
+    error = RateLimitError(
         f"Rate limit reached for {owner}: {quota.limit} {what} per minute ({per}). "
         f"Try again in {retry} s.",
         code="rate_limit_exceeded",
         headers={**plain, "Retry-After": str(retry)},
     )
+    error.limit = f"{'key' if quota in (key.rpm, key.tpm) else 'model'}_{per.lower()}"
+    return error
 
 
 _HEADER_NAMES = {

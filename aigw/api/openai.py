@@ -7,6 +7,7 @@ cancels the upstream request at once, whether it was waiting for a reply or stre
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from aigw.api.asgi import (
 )
 from aigw.api.validation import VALIDATORS, parse_body
 from aigw.errors import GatewayError
+from aigw.telemetry.records import CLIENT_CLOSED, RequestRecord
 from aigw.types import Endpoint, Principal, RequestMeta
 
 if TYPE_CHECKING:
@@ -49,6 +51,8 @@ class ProxyEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: AppState = scope["app"].state.aigw
+        loop = asyncio.get_running_loop()
+        record = RequestRecord(self.endpoint.value, loop.time())
         response_started = False
         settle: list[Callable[[], Awaitable[None]]] = []  # accounting left to do
 
@@ -59,29 +63,40 @@ class ProxyEndpoint:
 
         try:
             meta = RequestMeta.from_scope(scope)
+            record.request_id = meta.request_id
             principal = state.gateway.authenticate(meta)  # before reading a byte of the body
+            record.key = principal.name
             if meta.invalid is not None:  # a malformed x-aigw-* header, said after the key
                 raise meta.invalid
             raw = await read_body(scope, receive, state.config.server.max_body_bytes)
             body = parse_body(raw)
             self._validate(body)
+            if body["model"] in state.gateway.router.models:  # never a client-chosen label
+                record.model = body["model"]
             if body.get("stream"):
-                work = self._stream(principal, body, meta, state, tracked_send)
+                record.stream = True
+                work = self._stream(principal, body, meta, state, tracked_send, record)
             else:
-                work = self._complete(principal, body, meta, state, tracked_send, settle)
-            await run_until_disconnect(receive, work)
+                work = self._complete(principal, body, meta, state, tracked_send, settle, record)
+            if await run_until_disconnect(receive, work):
+                record.status = CLIENT_CLOSED if not response_started else record.status
         except GatewayError as exc:
+            record.error_code = exc.code
             if not response_started:
+                record.status = exc.status
+                record.limit = (exc.limit or exc.code) if exc.status == 429 else None
                 await send_error(send, exc)
             else:
                 log.warning("error after the response started: %s", exc.message)
         except ClientDisconnect:
-            return  # gone while sending its body: nothing was started, nothing to answer
+            record.status = CLIENT_CLOSED  # gone while sending its body: nothing to answer
         finally:
             # After the disconnect watcher has stopped: a client that closes the connection
             # once it has its reply cannot cut the accounting short.
             for account in settle:
                 await account()
+            record.finished_at = loop.time()
+            state.requests.on_request(record)
 
     async def _complete(
         self,
@@ -91,8 +106,10 @@ class ProxyEndpoint:
         state: AppState,
         send: Send,
         settle: list[Callable[[], Awaitable[None]]],
+        record: RequestRecord,
     ) -> None:
         reply = await state.gateway.complete(principal, self.endpoint, body, meta)
+        record.attempt = reply.attempt
         settle.append(reply.account)
         await send_json(
             send,
@@ -108,8 +125,10 @@ class ProxyEndpoint:
         meta: RequestMeta,
         state: AppState,
         send: Send,
+        record: RequestRecord,
     ) -> None:
         stream = await state.gateway.open_stream(principal, self.endpoint, body, meta)
+        record.attempt = stream.attempt
         headers = [
             *_SSE_HEADERS,
             (b"x-aigw-deployment", stream.deployment.id.encode()),
@@ -124,5 +143,5 @@ class ProxyEndpoint:
         async def send_chunk(chunk: bytes) -> None:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
-        await stream.relay(send_chunk)
+        record.error_code = await stream.relay(send_chunk)
         await send({"type": "http.response.body", "body": b"", "more_body": False})

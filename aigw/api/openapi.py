@@ -367,6 +367,21 @@ def _paths() -> Json:
             **_errors("500"),
         },
     )
+    paths["/metrics"] = _get(
+        "metrics",
+        "Health",
+        "Prometheus metrics (text exposition format). Open unless "
+        "`metrics.require_admin_key` is set; then it needs the admin key.",
+        "adminKey",
+        {
+            "200": _ok(
+                "Prometheus text exposition format.",
+                {"text/plain": {"schema": {"type": "string"}}},
+            ),
+            **_errors("401", "403", "500"),
+        },
+    )
+    paths["/metrics"]["get"]["security"] = [{}, {"adminKey": []}]  # the key is optional
     paths[OPENAPI_PATH] = _get(
         "openapi",
         "Health",

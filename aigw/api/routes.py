@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,7 +16,15 @@ from aigw.types import Principal
 if TYPE_CHECKING:
     from aigw.api.state import AppState
 
-__all__ = ["error_response", "healthz", "http_exception", "list_models", "readyz", "retrieve_model"]
+__all__ = [
+    "error_response",
+    "healthz",
+    "http_exception",
+    "list_models",
+    "metrics",
+    "readyz",
+    "retrieve_model",
+]
 
 
 def _json(data: object, status: int = 200) -> Response:
@@ -86,6 +95,18 @@ async def readyz(request: Request) -> Response:
     if unready:
         return _json({"status": "unready", "models_without_healthy_deployment": unready}, 503)
     return _json({"status": "ready", "models": sorted(ready)})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text; behind the admin key when ``metrics.require_admin_key``."""
+    state = _state(request)
+    if state.config.metrics.require_admin_key:
+        raw = request.headers.get("authorization")
+        try:
+            state.gateway.auth.check_admin(raw.encode("latin-1") if raw is not None else None)
+        except GatewayError as exc:
+            return error_response(exc)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def http_exception(request: Request, exc: Exception) -> Response:

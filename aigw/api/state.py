@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from aigw.config import GatewayConfig
 from aigw.gateway import Gateway
+from aigw.telemetry.metrics import GatewayMetrics
+from aigw.telemetry.records import RequestObservers
 
 __all__ = ["AppState"]
 
@@ -17,3 +19,5 @@ class AppState:
     config: GatewayConfig
     gateway: Gateway
     started_at: int
+    requests: RequestObservers  # told of every proxied request once it is over
+    metrics: GatewayMetrics

@@ -33,6 +33,7 @@ class DeploymentState:
     failures: int = 0
     consecutive_failures: int = 0
     ejections: int = 0  # ejections in the current failure streak (drives back-off)
+    ejected_total: int = 0  # ejections ever (for /metrics)
     ejected_until: float = 0.0  # loop time; 0 = not ejected
     last_error: str | None = None
     draining: bool = False

@@ -66,6 +66,7 @@ class OutlierDetector:
             backoff = self._base * 2.0 ** min(state.ejections, 30)
             state.ejected_until = now + min(self._max, backoff)
             state.ejections += 1
+            state.ejected_total += 1
 
     @staticmethod
     def is_available(state: DeploymentState, now: float) -> bool:

@@ -35,6 +35,7 @@ class SharedState:
     limiter: RateLimiter
     admission: AdmissionQueue
     closers: tuple[Callable[[], Awaitable[None]], ...] = ()
+    redis: RedisHealth | None = None  # with the Redis backend: whether it is up, its errors
 
     async def aclose(self) -> None:
         for close in self.closers:
@@ -64,4 +65,6 @@ async def open_state(config: StateConfig, clock: Callable[[], float]) -> SharedS
     admission = ResilientAdmissionQueue(
         redis_admission, MemoryAdmissionQueue(clock), health, mode, clock
     )
-    return SharedState(limiter, admission, (health.aclose, redis_admission.close, client.aclose))
+    return SharedState(
+        limiter, admission, (health.aclose, redis_admission.close, client.aclose), health
+    )

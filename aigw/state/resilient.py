@@ -59,8 +59,10 @@ class RedisHealth:
         self._interval_s = interval_s
         self._watcher: asyncio.Task[None] | None = None
         self.down = False
+        self.errors = 0  # Redis calls that failed (requests and probes), for /metrics
 
     def trip(self, error: StateUnavailableError) -> None:
+        self.errors += 1
         if self.down:
             return
         self.down = True
@@ -74,6 +76,7 @@ class RedisHealth:
             try:
                 await self._probe()
             except StateUnavailableError:
+                self.errors += 1
                 continue
             self.down = False
             log.warning("Redis answers again: shared state is back on Redis")

@@ -129,10 +129,13 @@ def _fuzz(operation: Any, mode: GenerationMode) -> None:
 
 def _negatable(operation: dict[str, Any]) -> bool:
     """Whether negative generation has anything to break: a body, a path parameter or a
-    security requirement (a string header cannot be made invalid: every header is a string)."""
+    required security scheme (a string header cannot be made invalid: every header is a
+    string; an optional scheme, listed with ``{}``, cannot be left out wrongly)."""
     params = operation.get("parameters", [])
     in_path = any(p.get("in") == "path" for p in params)
-    return bool(operation.get("requestBody") or operation.get("security") or in_path)
+    security = operation.get("security") or []
+    required = bool(security) and {} not in security
+    return bool(operation.get("requestBody") or required or in_path)
 
 
 # Every operation of the document, read here (collection time) from the same builder that the

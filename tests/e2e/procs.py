@@ -168,7 +168,15 @@ class RedisServer:
 class GatewayProcess:
     """``python -m aigw serve --config F --port N`` on 127.0.0.1."""
 
-    def __init__(self, processes: Processes, config: dict[str, Any], name: str) -> None:
+    def __init__(
+        self,
+        processes: Processes,
+        config: dict[str, Any],
+        name: str,
+        global_args: Sequence[str] = (),
+        serve_args: Sequence[str] = (),
+    ) -> None:
+        """``global_args`` go before ``serve`` (``--log-format json``), ``serve_args`` after."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         path = processes.directory / f"{name}.yaml"
@@ -179,11 +187,13 @@ class GatewayProcess:
                 sys.executable,
                 "-m",
                 "aigw",
+                *global_args,
                 "serve",
                 "--config",
                 str(path),
                 "--port",
                 str(self.port),
+                *serve_args,
             ],
         )
 

@@ -1,0 +1,1 @@
+"""Request records, metrics, traces and access logs: observers of the request pipeline."""

@@ -1,0 +1,322 @@
+"""Prometheus metrics (``GET /metrics``): what the gateway did, and the state it routes on.
+
+:class:`GatewayMetrics` owns one ``CollectorRegistry`` per app (no process-global registry: two
+gateways in one process, as in the tests and the demo, keep their own numbers). It is both an
+:class:`~aigw.fleet.attempt.AttemptObserver` (upstream attempts, time to first token, time per
+output token, tokens, queue wait, routing decisions) and a
+:class:`~aigw.telemetry.records.RequestObserver` (requests by status, request duration,
+rate-limit rejections). Gauges (queue depth, deployment health and load, the engine signals of
+the last scrape, Redis) are read when Prometheus scrapes, by :class:`_StateCollector`, so the
+hot path never updates them.
+
+Label sets are bounded by the config: ``model`` is a configured public model name (requests
+that named none are counted under ``model=""``), ``deployment`` a configured id (``""`` when no
+deployment was reached), ``key`` an API key's *name* (``anonymous`` on an open gateway),
+``status`` an HTTP status, ``outcome``/``limit`` small fixed sets. No prompt text and no string
+a client chose is ever a label.
+
+Hot path: each labelled child is looked up once and cached in a dict keyed by its label
+values, so an update is a dict hit plus prometheus_client's own ``inc``/``observe``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from aigw.errors import GatewayError
+from aigw.fleet.attempt import Attempt
+from aigw.fleet.deployment import Deployment
+from aigw.telemetry.records import RequestRecord
+
+__all__ = ["GatewayMetrics"]
+
+_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_TPOT_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0)
+_QUEUE_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class _Children:
+    """A labelled metric's children, cached by label values (``labels()`` costs ~1 µs)."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._cache.get(values)
+        if child is None:
+            child = self._cache[values] = self._metric.labels(*values)
+        return child
+
+
+class GatewayMetrics:
+    """The gateway's Prometheus metrics; ``render()`` gives the exposition text."""
+
+    def __init__(
+        self,
+        deployments: Sequence[Deployment],
+        policies: Mapping[str, str],
+        queue_depth: Callable[[str], int],
+        clock: Callable[[], float],
+        redis: Any | None = None,
+    ) -> None:
+        """``policies``: model name -> policy name; ``queue_depth``: a model's queue length;
+        ``redis``: the shared state's Redis health (``down``, ``errors``), None without one."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._policies = dict(policies)
+        r = self.registry
+        self._requests = _Children(
+            Counter(
+                "aigw_requests",
+                "Client requests by public model, serving deployment and HTTP status.",
+                ["model", "deployment", "status"],
+                registry=r,
+            )
+        )
+        self._duration = _Children(
+            Histogram(
+                "aigw_request_duration_seconds",
+                "Client request duration, arrival to the end of the response.",
+                ["model"],
+                buckets=_DURATION_BUCKETS,
+                registry=r,
+            )
+        )
+        self._ttft = _Children(
+            Histogram(
+                "aigw_time_to_first_token_seconds",
+                "Time from sending a request to a deployment to its first output (streams).",
+                ["model", "deployment"],
+                buckets=_TTFT_BUCKETS,
+                registry=r,
+            )
+        )
+        self._tpot = _Children(
+            Histogram(
+                "aigw_time_per_output_token_seconds",
+                "Time per output token after the first, per streamed request.",
+                ["model", "deployment"],
+                buckets=_TPOT_BUCKETS,
+                registry=r,
+            )
+        )
+        self._input_tokens = _Children(
+            Counter(
+                "aigw_input_tokens",
+                "Prompt tokens, as the deployments reported them.",
+                ["model", "deployment"],
+                registry=r,
+            )
+        )
+        self._output_tokens = _Children(
+            Counter(
+                "aigw_output_tokens",
+                "Completion tokens, as the deployments reported them.",
+                ["model", "deployment"],
+                registry=r,
+            )
+        )
+        self._queue_wait = _Children(
+            Histogram(
+                "aigw_queue_wait_seconds",
+                "Time an attempt waited in the admission queue for a deployment slot.",
+                ["model"],
+                buckets=_QUEUE_BUCKETS,
+                registry=r,
+            )
+        )
+        self._rejections = _Children(
+            Counter(
+                "aigw_ratelimit_rejections",
+                "Requests refused with 429, by API key name and the limit that refused them.",
+                ["key", "limit"],
+                registry=r,
+            )
+        )
+        self._attempts = _Children(
+            Counter(
+                "aigw_upstream_attempts",
+                "Tries on a deployment: success, error (retryable: failover follows), "
+                "rejected (the upstream refused the request itself), abandoned (client gone).",
+                ["deployment", "outcome"],
+                registry=r,
+            )
+        )
+        self._decisions = _Children(
+            Counter(
+                "aigw_routing_decisions",
+                "Deployments chosen by each model's routing policy.",
+                ["model", "policy", "deployment"],
+                registry=r,
+            )
+        )
+        r.register(_StateCollector(deployments, queue_depth, clock, redis))
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+    # --- RequestObserver -------------------------------------------------------------------
+
+    def on_request(self, record: RequestRecord) -> None:
+        model = record.model or ""
+        attempt = record.attempt
+        deployment = attempt.deployment.id if attempt is not None else ""
+        self._requests(model, deployment, str(record.status)).inc()
+        self._duration(model).observe(record.duration_s)
+        if record.status == 429:
+            self._rejections(record.key or "anonymous", record.limit or "other").inc()
+
+    # --- AttemptObserver -------------------------------------------------------------------
+
+    def on_dispatch(self, attempt: Attempt) -> None:
+        model = attempt.ctx.model
+        deployment = attempt.deployment
+        policy = self._policies.get(deployment.model, "")
+        self._decisions(deployment.model, policy, deployment.id).inc()
+        self._queue_wait(model).observe(attempt.queued_s)
+
+    def on_first_byte(self, attempt: Attempt) -> None:
+        if attempt.first_byte_at is not None:  # set for streams only
+            seconds = attempt.first_byte_at - attempt.started_at
+            self._ttft(attempt.ctx.model, attempt.deployment.id).observe(seconds)
+
+    def on_success(self, attempt: Attempt) -> None:
+        deployment = attempt.deployment.id
+        self._attempts(deployment, "success").inc()
+        usage = attempt.usage
+        if usage is None:
+            return
+        model = attempt.ctx.model
+        self._input_tokens(model, deployment).inc(usage.prompt_tokens)
+        self._output_tokens(model, deployment).inc(usage.completion_tokens)
+        first, last = attempt.first_byte_at, attempt.last_byte_at
+        if first is not None and last is not None:  # a stream
+            if usage.completion_tokens > 1:
+                per_token = (last - first) / (usage.completion_tokens - 1)
+                self._tpot(model, deployment).observe(per_token)
+
+    def on_failure(self, attempt: Attempt, error: GatewayError) -> None:
+        outcome = "error" if error.retryable else "rejected"
+        self._attempts(attempt.deployment.id, outcome).inc()
+
+    def on_finish(self, attempt: Attempt) -> None:
+        if attempt.abandoned:
+            self._attempts(attempt.deployment.id, "abandoned").inc()
+
+
+class _StateCollector(Collector):
+    """Gauges read at scrape time from the deployments, the admission queue and Redis."""
+
+    def __init__(
+        self,
+        deployments: Sequence[Deployment],
+        queue_depth: Callable[[str], int],
+        clock: Callable[[], float],
+        redis: Any | None,
+    ) -> None:
+        self._deployments = tuple(deployments)
+        self._models = sorted({d.model for d in deployments})
+        self._queue_depth = queue_depth
+        self._clock = clock
+        self._redis = redis
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # unchecked: the families are built per scrape
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._queues()
+        yield from self._fleet()
+        yield from self._engines()
+        if self._redis is not None:
+            up = GaugeMetricFamily("aigw_redis_up", "Whether the shared Redis is reachable.")
+            up.add_metric([], 0.0 if self._redis.down else 1.0)
+            yield up
+            errors = CounterMetricFamily(
+                "aigw_redis_errors", "Redis calls that failed (requests and recovery probes)."
+            )
+            errors.add_metric([], self._redis.errors)
+            yield errors
+
+    def _queues(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "aigw_queue_depth", "Requests waiting for a deployment slot.", labels=["model"]
+        )
+        for model in self._models:
+            depth.add_metric([model], self._queue_depth(model))
+        yield depth
+
+    def _fleet(self) -> Iterator[Metric]:
+        now = self._clock()
+        healthy = GaugeMetricFamily(
+            "aigw_deployment_healthy",
+            "1 while the deployment is not ejected by outlier detection.",
+            labels=["deployment"],
+        )
+        draining = GaugeMetricFamily(
+            "aigw_deployment_draining", "1 while the deployment is drained.", labels=["deployment"]
+        )
+        in_flight = GaugeMetricFamily(
+            "aigw_deployment_in_flight",
+            "Requests this gateway has in flight to the deployment.",
+            labels=["deployment"],
+        )
+        ejections = CounterMetricFamily(
+            "aigw_deployment_ejections",
+            "Times outlier detection ejected the deployment.",
+            labels=["deployment"],
+        )
+        for d in self._deployments:
+            state = d.state
+            healthy.add_metric([d.id], 1.0 if state.ejected_until <= now else 0.0)
+            draining.add_metric([d.id], 1.0 if state.draining else 0.0)
+            in_flight.add_metric([d.id], state.in_flight)
+            ejections.add_metric([d.id], state.ejected_total)
+        yield from (healthy, draining, in_flight, ejections)
+
+    def _engines(self) -> Iterator[Metric]:
+        now = self._clock()
+        labels = ["deployment"]
+        waiting = GaugeMetricFamily(
+            "aigw_engine_waiting_requests", "Engine queue at the last scrape.", labels=labels
+        )
+        running = GaugeMetricFamily(
+            "aigw_engine_running_requests", "Engine batch at the last scrape.", labels=labels
+        )
+        kv = GaugeMetricFamily(
+            "aigw_engine_kv_cache_usage_ratio",
+            "Engine KV-cache fill (0-1) at the last scrape.",
+            labels=labels,
+        )
+        age = GaugeMetricFamily(
+            "aigw_engine_metrics_age_seconds",
+            "Seconds since the engine's metrics were last scraped.",
+            labels=labels,
+        )
+        stale = GaugeMetricFamily(
+            "aigw_engine_metrics_stale",
+            "1 while routing ignores the engine's metrics as too old (or never scraped).",
+            labels=labels,
+        )
+        for d in self._deployments:
+            if d.config.metrics_url is None:
+                continue  # a cloud deployment: no engine to scrape
+            engine = d.state.engine
+            stale.add_metric([d.id], 1.0 if d.state.engine_stale else 0.0)
+            if engine is None:
+                continue
+            waiting.add_metric([d.id], engine.waiting)
+            running.add_metric([d.id], engine.running)
+            if engine.kv_usage is not None:
+                kv.add_metric([d.id], engine.kv_usage)
+            age.add_metric([d.id], max(0.0, now - engine.scraped_at))
+        yield from (waiting, running, kv, age, stale)

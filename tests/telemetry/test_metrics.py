@@ -1,0 +1,146 @@
+"""GET /metrics after known traffic: the values, not only the names (real sockets, real SDK)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import deployment
+from tests.servers import ThreadedServer, free_port
+
+MODEL = "chat"
+HELLO: list[Any] = [{"role": "user", "content": "Hello there"}]
+KEY = "sk-team-a-0123456789"
+ADMIN = "admin-0123456789"
+Start = Callable[..., ThreadedServer]
+
+
+def samples(gateway: ThreadedServer, headers: dict[str, str] | None = None) -> dict[Any, float]:
+    """Every sample of /metrics as {(name, sorted labels): value}."""
+    response = httpx.get(f"{gateway.url}/metrics", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    found: dict[Any, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(found: dict[Any, float], name: str, **labels: str) -> float | None:
+    return found.get((name, tuple(sorted(labels.items()))))
+
+
+def settled(gateway: ThreadedServer, name: str, expected: float, **labels: str) -> dict[Any, float]:
+    """/metrics once ``name{labels}`` reaches ``expected``: a request is recorded just after
+    its response is sent, so the client may ask a moment before (bounded wait)."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = samples(gateway)
+        if value(found, name, **labels) == expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def gateway(start_backend: Start, start_gateway: Start) -> ThreadedServer:
+    backend = start_backend(seed=3)
+    dead = f"http://127.0.0.1:{free_port()}"
+    return start_gateway(
+        {
+            "models": [
+                {
+                    "name": MODEL,
+                    "policy": "round-robin",
+                    "deployments": [
+                        deployment(backend.url, "gpu-a", metrics_url=f"{backend.url}/metrics"),
+                        deployment(dead, "dead"),
+                    ],
+                }
+            ],
+            "auth": {"keys": [{"name": "team-a", "key": KEY, "rpm": 5}]},
+        }
+    )
+
+
+def test_metrics_count_known_traffic(gateway: ThreadedServer) -> None:
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=KEY, max_retries=0)
+    prompt_tokens = completion_tokens = 0
+    with client:
+        for _ in range(3):
+            reply = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5)
+            assert reply.usage is not None
+            prompt_tokens += reply.usage.prompt_tokens
+            completion_tokens += reply.usage.completion_tokens
+        for _ in range(2):
+            chunks = list(
+                client.chat.completions.create(
+                    model=MODEL,
+                    messages=HELLO,
+                    max_tokens=5,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            )
+            usage = chunks[-1].usage
+            assert usage is not None
+            prompt_tokens += usage.prompt_tokens
+            completion_tokens += usage.completion_tokens
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="no-such-model-" + "x" * 40, messages=HELLO)
+        with pytest.raises(openai.RateLimitError):  # the key's 5 rpm are spent
+            client.chat.completions.create(model=MODEL, messages=HELLO)
+
+    found = settled(
+        gateway, "aigw_requests_total", 5, model=MODEL, deployment="gpu-a", status="200"
+    )
+    assert value(found, "aigw_requests_total", model=MODEL, deployment="gpu-a", status="200") == 5
+    # The unknown model is counted without its name: no client-chosen label values.
+    assert value(found, "aigw_requests_total", model="", deployment="", status="404") == 1
+    assert value(found, "aigw_requests_total", model=MODEL, deployment="", status="429") == 1
+    assert not any("no-such-model" in str(labels) for _, labels in found)
+    assert value(found, "aigw_ratelimit_rejections_total", key="team-a", limit="key_rpm") == 1
+    assert value(found, "aigw_request_duration_seconds_count", model=MODEL) == 6
+
+    # Round-robin sent some of the five to the dead deployment first: each failed over.
+    ok = value(found, "aigw_upstream_attempts_total", deployment="gpu-a", outcome="success")
+    failed = value(found, "aigw_upstream_attempts_total", deployment="dead", outcome="error")
+    assert ok == 5
+    assert failed is not None and failed >= 1
+    decisions = value(
+        found, "aigw_routing_decisions_total", model=MODEL, policy="round-robin", deployment="dead"
+    )
+    assert decisions == failed
+    assert value(found, "aigw_queue_wait_seconds_count", model=MODEL) == 5 + failed
+
+    labels = {"model": MODEL, "deployment": "gpu-a"}
+    assert value(found, "aigw_input_tokens_total", **labels) == prompt_tokens
+    assert value(found, "aigw_output_tokens_total", **labels) == completion_tokens
+    assert value(found, "aigw_time_to_first_token_seconds_count", **labels) == 2
+    assert value(found, "aigw_time_per_output_token_seconds_count", **labels) == 2
+
+    assert value(found, "aigw_queue_depth", model=MODEL) == 0
+    assert value(found, "aigw_deployment_in_flight", deployment="gpu-a") == 0
+    assert value(found, "aigw_deployment_healthy", deployment="gpu-a") == 1
+    assert value(found, "aigw_deployment_draining", deployment="gpu-a") == 0
+    assert value(found, "aigw_engine_metrics_stale", deployment="gpu-a") is not None
+    assert value(found, "aigw_engine_metrics_stale", deployment="dead") is None  # no metrics_url
+
+
+def test_metrics_can_require_the_admin_key(start_backend: Start, start_gateway: Start) -> None:
+    backend = start_backend()
+    gateway = start_gateway(
+        {
+            "models": [{"name": MODEL, "deployments": [deployment(backend.url, "gpu-a")]}],
+            "auth": {"admin_key": ADMIN},
+            "metrics": {"require_admin_key": True},
+        }
+    )
+    assert httpx.get(f"{gateway.url}/metrics").status_code == 401
+    assert "aigw_queue_depth" in str(samples(gateway, {"authorization": f"Bearer {ADMIN}"}))
