@@ -35,7 +35,11 @@ def gateway_protocol(server: ServerConfig) -> type[asyncio.Protocol]:
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket; port 0 picks a free one (read it with getsockname)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only for sockets
+    # that say they are TCP; without it every kept-alive response waits ~40 ms for a delayed
+    # ACK (Nagle). Accepted sockets inherit the option from the listening one on Linux too.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     return sock

@@ -29,7 +29,9 @@ class ThreadedServer:
     """uvicorn serving ``app`` on 127.0.0.1 in a background thread; ``url`` once started."""
 
     def __init__(self, app: Any, port: int | None = None, **options: Any) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # TCP by name so that asyncio sets TCP_NODELAY (see aigw.serving.bind).
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port or 0))
         self.port: int = self.sock.getsockname()[1]
