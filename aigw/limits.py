@@ -20,7 +20,7 @@ from aigw.errors import InvalidRequestError, RateLimitError
 from aigw.state.base import Charge, LimitDecision, Quota, QuotaStatus, RateLimiter, Stamp
 from aigw.types import Principal, Usage
 
-__all__ = ["Booking", "DeploymentQuotaSpent", "RateLimits", "format_reset"]
+__all__ = ["Booking", "DeploymentQuotaSpent", "QuotaUse", "RateLimits", "format_reset"]
 
 _WINDOW_S = 60.0
 
@@ -170,6 +170,44 @@ class RateLimits:
 
     def has_deployment_quota(self, deployment_id: str) -> bool:
         return self._deployments.get(deployment_id, _NONE).any
+
+    async def usage(self) -> list[QuotaUse]:
+        """Every configured quota (keys, models, deployments) as it stands now, for the
+        dashboard. Charges nothing: one reservation of 0 units per quota, which the limiter
+        checks without recording (memory: a dict walk; Redis: one round trip for all)."""
+        owned = [
+            (kind, name, quota)
+            for kind, table in (("key", self._keys), ("model", self._models))
+            for name, quotas in table.items()
+            for quota in (quotas.rpm, quotas.tpm)
+            if quota is not None
+        ]
+        owned += [
+            ("deployment", name, quota)
+            for name, quotas in self._deployments.items()
+            for quota in (quotas.rpm, quotas.tpm)
+            if quota is not None
+        ]
+        if not owned:
+            return []
+        decision = await self._limiter.reserve("usage", [Charge(q, 0) for _, _, q in owned])
+        return [
+            QuotaUse(kind, name, quota.unit, quota.limit, status.remaining, status.reset_s)
+            for (kind, name, quota), status in zip(owned, decision.statuses, strict=True)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaUse:
+    """One quota now: ``kind`` is ``key``, ``model`` or ``deployment``; ``remaining`` is
+    what one more charge may use (``limit`` minus the window's units, at least 0)."""
+
+    kind: str
+    name: str
+    unit: str
+    limit: int
+    remaining: int
+    reset_s: float
 
 
 class DeploymentQuotaSpent(Exception):
