@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aigw.admission import Admission
 from aigw.api import admin, routes
+from aigw.api.dashboard import dashboard_routes
 from aigw.api.middleware import EdgeMiddleware
 from aigw.api.openai import ProxyEndpoint
 from aigw.api.openapi import openapi_route
@@ -30,6 +31,7 @@ from aigw.limits import RateLimits
 from aigw.policies.filters import MODEL_AWARE_FILTERS
 from aigw.redaction import redactor_for
 from aigw.routing.context import ContextBuilder
+from aigw.routing.history import FleetHistory
 from aigw.routing.recorder import SignalRecorder
 from aigw.routing.router import Router
 from aigw.routing.scraper import MetricsScraper
@@ -106,13 +108,15 @@ def create_app(
             loop.time,
             shared.redis,
         )
-        gateway = build_gateway(config, router, shared, pool, contexts, [metrics])
+        history = FleetHistory(router.deployments.values(), loop.time)  # for /dashboard
+        gateway = build_gateway(config, router, shared, pool, contexts, [metrics, history])
         app.state.aigw = AppState(
             config=config,
             gateway=gateway,
             started_at=int(time.time()),
             requests=RequestObservers([metrics, *([AccessLog()] if access_log else [])]),
             metrics=metrics,
+            history=history,
         )
         log.info(
             "aigw ready: %d models, %d deployments, %s state",
@@ -146,6 +150,7 @@ def create_app(
                 admin.set_draining,
                 methods=["POST"],
             ),
+            *dashboard_routes(),  # GET /dashboard and /admin/dashboard.json; page built once
         ],
         exception_handlers={HTTPException: routes.http_exception},
         lifespan=lifespan,

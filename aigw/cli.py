@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -61,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="three simulated GPU backends behind the gateway")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument(
+        "--admin-key",
+        help="enable the admin API and /dashboard with this key (default: $AIGW_ADMIN_KEY; "
+        "the environment keeps it out of the process list)",
+    )
     demo.set_defaults(run=_demo)
 
     fake = commands.add_parser(
@@ -144,12 +150,13 @@ def _demo(args: argparse.Namespace) -> int:
     from aigw.demo import run_demo
 
     options = _uvicorn_options()
+    admin_key = args.admin_key or os.environ.get("AIGW_ADMIN_KEY") or None
     if options.get("loop") == "uvloop":
         import uvloop
 
-        uvloop.run(run_demo(args.host, args.port))
+        uvloop.run(run_demo(args.host, args.port, admin_key))
     else:
-        asyncio.run(run_demo(args.host, args.port))
+        asyncio.run(run_demo(args.host, args.port, admin_key))
     return 0
 
 

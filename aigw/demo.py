@@ -16,7 +16,8 @@ UPSTREAM_MODEL = "meta-llama/Meta-Llama-3-8B-Instruct"
 PROFILES = ("h100", "a100", "l4")
 
 
-async def run_demo(host: str, port: int) -> None:
+async def run_demo(host: str, port: int, admin_key: str | None = None) -> None:
+    """Serve the demo until interrupted; ``admin_key`` enables ``/admin`` and ``/dashboard``."""
     backend_sockets = [bind("127.0.0.1", 0) for _ in PROFILES]
     gateway_socket = bind(host, port)
     deployments = []
@@ -31,9 +32,10 @@ async def run_demo(host: str, port: int) -> None:
                 "metrics_url": f"http://127.0.0.1:{backend_port}/metrics",
             }
         )
-    config = parse_config(
-        {"models": [{"name": DEMO_MODEL, "deployments": deployments}]}, source="<demo>"
-    )
+    raw: dict[str, object] = {"models": [{"name": DEMO_MODEL, "deployments": deployments}]}
+    if admin_key:
+        raw["auth"] = {"admin_key": admin_key}
+    config = parse_config(raw, source="<demo>")
     apps: list[ServedApp] = [
         (create_backend(BackendSettings(model=UPSTREAM_MODEL, profile=profile, seed=i)), sock)
         for i, (profile, sock) in enumerate(zip(PROFILES, backend_sockets, strict=True))
@@ -43,6 +45,11 @@ async def run_demo(host: str, port: int) -> None:
 
     def banner() -> None:
         fleet = ", ".join(f"{d['id']} at {d['base_url']}" for d in deployments)
+        dashboard = (
+            f"Dashboard: {url}/dashboard (sign in with the admin key you gave)\n\n"
+            if admin_key
+            else ""
+        )
         print(
             f"""
 aigw demo: gateway at {url}/v1 serving model {DEMO_MODEL!r}
@@ -59,7 +66,7 @@ or with the OpenAI Python SDK:
   client = OpenAI(base_url="{url}/v1", api_key="unused")
   print(client.chat.completions.create(model="{DEMO_MODEL}", messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)
 
-Ctrl-C stops everything.
+{dashboard}Ctrl-C stops everything.
 """,
             flush=True,
         )

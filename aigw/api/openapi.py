@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from aigw.api.dashboard import DASHBOARD_DATA_PATH, DASHBOARD_PATH, DASHBOARD_SCHEMA
 from aigw.api.validation import MAX_NESTING
 from aigw.types import Endpoint
 
@@ -431,6 +432,24 @@ def _paths() -> Json:
             },
         }
     }
+    paths[DASHBOARD_PATH] = _get(
+        "dashboard",
+        "Admin",
+        "The operator dashboard: a static page (no data in it, so no key) that asks for the "
+        "admin key and polls the dashboard JSON; 403 while the admin API is disabled.",
+        None,
+        {
+            "200": _ok("The page.", {"text/html": {"schema": {"type": "string"}}}),
+            **_errors("403", "500"),
+        },
+    )
+    paths[DASHBOARD_DATA_PATH] = _get(
+        "dashboardData",
+        "Admin",
+        "What the dashboard shows: models, deployments with their last minutes, quota use.",
+        "adminKey",
+        {"200": _ok("OK", _json_content(_schema("Dashboard"))), **admin},
+    )
     return paths
 
 
@@ -502,6 +521,7 @@ def _own_schemas() -> Json:
             }
         ),
         "Deployment": deployment,
+        "Dashboard": DASHBOARD_SCHEMA,
         "DeploymentList": _object(
             {"object": {"const": "list"}, "data": {"type": "array", "items": _schema("Deployment")}}
         ),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aigw.config import GatewayConfig
 from aigw.gateway import Gateway
+from aigw.routing.history import FleetHistory
 from aigw.telemetry.metrics import GatewayMetrics
 from aigw.telemetry.records import RequestObservers
 
@@ -21,3 +22,4 @@ class AppState:
     started_at: int
     requests: RequestObservers  # told of every proxied request once it is over
     metrics: GatewayMetrics
+    history: FleetHistory | None = None  # recent per-deployment windows, for /dashboard
