@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+from opentelemetry.sdk.trace import TracerProvider
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
@@ -39,6 +40,7 @@ from aigw.state import SharedState, open_state
 from aigw.telemetry.logs import AccessLog
 from aigw.telemetry.metrics import GatewayMetrics
 from aigw.telemetry.records import RequestObservers
+from aigw.telemetry.tracing import Tracing, inject_trace_context, provider_from_env
 from aigw.tokens import load_counter_async
 from aigw.types import Endpoint
 from aigw.upstream import Transport, UpstreamPool
@@ -74,11 +76,16 @@ def build_gateway(
 
 
 def create_app(
-    config: GatewayConfig, *, seed: int | None = None, access_log: bool = False
+    config: GatewayConfig,
+    *,
+    seed: int | None = None,
+    access_log: bool = False,
+    tracer_provider: TracerProvider | None = None,
 ) -> Starlette:
     """The gateway as an ASGI app; nothing runs until its lifespan starts.
 
-    ``access_log``: log one line per proxied request (``aigw.access``)."""
+    ``access_log``: log one line per proxied request (``aigw.access``). ``tracer_provider``:
+    where spans go (tests); by default OpenTelemetry's environment decides, off if unset."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -87,7 +94,10 @@ def create_app(
         if not config.auth.keys:
             log.warning("auth.keys is empty: this gateway serves anyone who can reach it")
         router = Router(config, loop.time, rng, MODEL_AWARE_FILTERS)
-        pool = UpstreamPool()
+        provider = tracer_provider or provider_from_env()
+        policies = {m.name: m.policy_name for m in config.models}
+        tracing = Tracing(provider, loop.time, policies) if provider is not None else None
+        pool = UpstreamPool(inject_trace_context if tracing is not None else None)
         pool.open(router.deployments.values())
         counter = await load_counter_async(config.tokens)  # fetches in the background if needed
         contexts = ContextBuilder(counter, config.routing.prefix_block_chars)
@@ -101,22 +111,22 @@ def create_app(
         )
         shared = await open_state(config.state, loop.time)
         scraper.start()
+        deployments = list(router.deployments.values())
         metrics = GatewayMetrics(
-            list(router.deployments.values()),
-            {m.name: m.policy_name for m in config.models},
-            shared.admission.depth,
-            loop.time,
-            shared.redis,
+            deployments, policies, shared.admission.depth, loop.time, shared.redis
         )
-        history = FleetHistory(router.deployments.values(), loop.time)  # for /dashboard
-        gateway = build_gateway(config, router, shared, pool, contexts, [metrics, history])
+        history = FleetHistory(deployments, loop.time)  # for /dashboard
+        traced = [tracing] if tracing is not None else []
+        gateway = build_gateway(config, router, shared, pool, contexts, [metrics, history, *traced])
+        logged = [AccessLog()] if access_log else []
         app.state.aigw = AppState(
             config=config,
             gateway=gateway,
             started_at=int(time.time()),
-            requests=RequestObservers([metrics, *([AccessLog()] if access_log else [])]),
+            requests=RequestObservers([metrics, *logged, *traced]),
             metrics=metrics,
             history=history,
+            tracing=tracing,
         )
         log.info(
             "aigw ready: %d models, %d deployments, %s state",
@@ -132,6 +142,8 @@ def create_app(
             await shared.aclose()
             await counter.aclose()
             await pool.close()
+            if tracing is not None and tracer_provider is None:
+                tracing.shutdown()  # flush the spans the exporter still holds
 
     proxy = {f"/v1/{endpoint.value}": ProxyEndpoint(endpoint) for endpoint in Endpoint}
     return GatewayApp(

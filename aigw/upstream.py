@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -74,9 +74,13 @@ class Transport(Protocol):
 class UpstreamPool:
     """Keep-alive connection pools, one per ``scheme://host:port``, built at startup."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, decorate: Callable[[Mapping[str, str]], Mapping[str, str]] | None = None
+    ) -> None:
+        """``decorate``: adds per-request headers (tracing's ``traceparent``), if given."""
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._by_deployment: dict[str, aiohttp.ClientSession] = {}
+        self._decorate = decorate
 
     def open(self, deployments: Iterable[Deployment]) -> None:
         """Create the sessions; call from the running event loop (the app's lifespan)."""
@@ -105,11 +109,11 @@ class UpstreamPool:
     async def post(
         self, deployment: Deployment, request: UpstreamRequest, request_id: str | None
     ) -> UpstreamResponse:
+        headers = _with_request_id(request.headers, request_id)
+        if self._decorate is not None:
+            headers = self._decorate(headers)
         response: UpstreamResponse = await self._by_deployment[deployment.id].post(
-            request.url,
-            data=request.body,
-            headers=_with_request_id(request.headers, request_id),
-            timeout=deployment.timeout,
+            request.url, data=request.body, headers=headers, timeout=deployment.timeout
         )
         return response
 

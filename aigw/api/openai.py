@@ -53,6 +53,8 @@ class ProxyEndpoint:
         state: AppState = scope["app"].state.aigw
         loop = asyncio.get_running_loop()
         record = RequestRecord(self.endpoint.value, loop.time())
+        if state.tracing is not None:
+            state.tracing.start_request(record, scope["headers"])
         response_started = False
         settle: list[Callable[[], Awaitable[None]]] = []  # accounting left to do
 

@@ -9,6 +9,7 @@ from aigw.gateway import Gateway
 from aigw.routing.history import FleetHistory
 from aigw.telemetry.metrics import GatewayMetrics
 from aigw.telemetry.records import RequestObservers
+from aigw.telemetry.tracing import Tracing
 
 __all__ = ["AppState"]
 
@@ -23,3 +24,4 @@ class AppState:
     requests: RequestObservers  # told of every proxied request once it is over
     metrics: GatewayMetrics
     history: FleetHistory | None = None  # recent per-deployment windows, for /dashboard
+    tracing: Tracing | None = None  # None: tracing is off

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aigw.errors import GatewayError
 from aigw.fleet.deployment import Deployment
@@ -40,6 +40,7 @@ class Attempt:
     relayed_events: int = 0
     usage: Usage | None = None
     abandoned: bool = False  # the client went away before the attempt ended
+    trace: Any = None  # the tracer's handle on this attempt's span, when tracing
 
 
 class AttemptObserver(Protocol):

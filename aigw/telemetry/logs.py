@@ -42,6 +42,8 @@ class AccessLog:
         }
         if record.error_code is not None:
             fields["error"] = record.error_code
+        if record.trace is not None:  # tracing is on: the line names its trace
+            fields["trace_id"] = f"{record.trace[0].get_span_context().trace_id:032x}"
         attempt = record.attempt
         if attempt is not None:
             fields["deployment"] = attempt.deployment.id

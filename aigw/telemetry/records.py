@@ -10,7 +10,7 @@ attempt, which holds the deployment, the usage and the timings of the try that a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from aigw.fleet.attempt import Attempt
 
@@ -39,6 +39,7 @@ class RequestRecord:
         "started_at",
         "status",
         "stream",
+        "trace",
     )
 
     def __init__(self, endpoint: str, started_at: float) -> None:
@@ -53,6 +54,7 @@ class RequestRecord:
         self.error_code: str | None = None
         self.limit: str | None = None  # which limit refused it (a 429), e.g. "key_rpm"
         self.attempt: Attempt | None = None  # the last try, when one was made
+        self.trace: Any = None  # the tracer's handle on this request's span, when tracing
 
     @property
     def duration_s(self) -> float:
