@@ -229,12 +229,14 @@ class _StateCollector(Collector):
         self._queue_depth = queue_depth
         self._clock = clock
         self._redis = redis
+        self._capacity: dict[str, float] = {}  # last capacity estimate per deployment
 
     def describe(self) -> Iterable[Metric]:
         return []  # unchecked: the families are built per scrape
 
     def collect(self) -> Iterator[Metric]:
         yield from self._queues()
+        yield from self._saturation()
         yield from self._fleet()
         yield from self._engines()
         if self._redis is not None:
@@ -254,6 +256,54 @@ class _StateCollector(Collector):
         for model in self._models:
             depth.add_metric([model], self._queue_depth(model))
         yield depth
+
+    def _saturation(self) -> Iterator[Metric]:
+        """Demand against capacity per model: the autoscaling signal (README: Autoscaling)."""
+        ratio = GaugeMetricFamily(
+            "aigw_model_saturation_ratio",
+            "Requests in the system for the model (engine batches and queues, the gateway's "
+            "queue) over the sequences its GPU deployments can hold; above 1: overloaded.",
+            labels=["model"],
+        )
+        capacity_family = GaugeMetricFamily(
+            "aigw_deployment_capacity_estimate",
+            "Concurrent sequences the deployment can hold: its max_concurrency, else running "
+            "sequences over KV-cache fill at the last busy scrape.",
+            labels=["deployment"],
+        )
+        demand: dict[str, float] = dict.fromkeys(self._models, 0.0)
+        capacity: dict[str, float] = dict.fromkeys(self._models, 0.0)
+        for d in self._deployments:
+            estimate = self._estimate(d)
+            if estimate is None:
+                continue  # a cloud API, or an engine never seen busy: no capacity to count
+            load, cap = estimate
+            capacity_family.add_metric([d.id], cap)
+            demand[d.model] += load
+            capacity[d.model] += cap
+        for model in self._models:
+            if capacity[model] > 0:
+                queued = self._queue_depth(model)
+                ratio.add_metric([model], (demand[model] + queued) / capacity[model])
+        yield from (ratio, capacity_family)
+
+    def _estimate(self, d: Deployment) -> tuple[float, float] | None:
+        """(requests on the deployment, sequences it can hold), or None when unknown."""
+        state = d.state
+        engine = None if state.engine_stale else state.engine
+        limit = d.config.max_concurrency
+        if engine is None:
+            if limit is None:
+                return None
+            return float(state.in_flight), float(limit)
+        since_scrape = max(0, state.in_flight - engine.in_flight_at_scrape)
+        load = engine.running + engine.waiting + since_scrape
+        if limit is not None:
+            return load, float(limit)
+        if engine.running >= 1 and engine.kv_usage is not None and engine.kv_usage > 0.05:
+            self._capacity[d.id] = engine.running / engine.kv_usage
+        cap = self._capacity.get(d.id)
+        return (load, cap) if cap is not None else None
 
     def _fleet(self) -> Iterator[Metric]:
         now = self._clock()
