@@ -54,6 +54,13 @@ def by_kind(spans: tuple[ReadableSpan, ...], kind: SpanKind) -> list[ReadableSpa
     return [s for s in spans if s.kind is kind]
 
 
+def finished(exporter: InMemorySpanExporter, requests: int) -> tuple[ReadableSpan, ...]:
+    """The spans once ``requests`` request spans ended: a request's span ends just after its
+    response is sent, so the client may look a moment before (bounded wait)."""
+    assert _poll(lambda: len(by_kind(exporter.get_finished_spans(), SpanKind.SERVER)) >= requests)
+    return exporter.get_finished_spans()
+
+
 def test_a_request_span_with_an_attempt_child_and_its_traceparent_upstream(
     servers: ExitStack, traced: Any, exporter: InMemorySpanExporter
 ) -> None:
@@ -65,7 +72,7 @@ def test_a_request_span_with_an_attempt_child_and_its_traceparent_upstream(
             model="m", messages=HELLO, extra_headers={"traceparent": traceparent}
         )
     echoed = reply.choices[0].message.content or ""  # the upstream quotes the headers it got
-    spans = exporter.get_finished_spans()
+    spans = finished(exporter, 1)
     (server,) = by_kind(spans, SpanKind.SERVER)
     (client_span,) = by_kind(spans, SpanKind.CLIENT)
     # The client's trace continues through the gateway to the upstream.
@@ -103,7 +110,7 @@ def test_failover_gives_one_span_per_attempt(
     with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0) as client:
         for _ in range(2):  # round-robin starts on one or the other: one of them fails over
             client.chat.completions.create(model="m", messages=HELLO)
-    spans = exporter.get_finished_spans()
+    spans = finished(exporter, 2)
     attempts = sorted(by_kind(spans, SpanKind.CLIENT), key=lambda s: s.start_time or 0)
     servers_spans = by_kind(spans, SpanKind.SERVER)
     assert len(servers_spans) == 2 and len(attempts) == 3
@@ -141,7 +148,7 @@ def test_a_queued_request_has_a_queue_wait_span(
     first.join(10)
     second.join(10)
     assert results == [200, 200]
-    spans = exporter.get_finished_spans()
+    spans = finished(exporter, 2)
     (queued,) = [s for s in spans if s.name == "queue wait"]
     parents = {s.context.span_id for s in by_kind(spans, SpanKind.SERVER)}
     assert queued.parent is not None and queued.parent.span_id in parents
