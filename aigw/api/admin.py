@@ -13,28 +13,16 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from aigw.api.routes import error_response
-from aigw.errors import GatewayError, NotFoundError, UnsupportedMediaTypeError
+from aigw.api.routes import admin_state, error_response
+from aigw.errors import NotFoundError, UnsupportedMediaTypeError
 from aigw.fleet.deployment import Deployment
 
 if TYPE_CHECKING:
-    from aigw.api.state import AppState
+    pass
 
 __all__ = ["list_deployments", "redact_url", "set_draining"]
 
 _REDACTED = "redacted"
-
-
-def _authorized(request: Request) -> AppState | Response:
-    """The app state, or the error response: 403 when no admin key is configured (the admin
-    API is then disabled, never open) or a client key is used, 401 for a missing/wrong key."""
-    state: AppState = request.app.state.aigw
-    raw = request.headers.get("authorization")
-    try:
-        state.gateway.auth.check_admin(raw.encode("latin-1") if raw is not None else None)
-    except GatewayError as exc:
-        return error_response(exc)
-    return state
 
 
 def redact_url(url: str | None) -> str | None:
@@ -107,7 +95,7 @@ def describe(deployment: Deployment, now: float) -> dict[str, Any]:
 
 
 async def list_deployments(request: Request) -> Response:
-    state = _authorized(request)
+    state = admin_state(request)
     if isinstance(state, Response):
         return state
     now = asyncio.get_running_loop().time()
@@ -124,7 +112,7 @@ def _is_json(content_type: str | None) -> bool:
 
 async def set_draining(request: Request) -> Response:
     """POST /admin/deployments/{id}/drain or /undrain: stop or resume new traffic to it."""
-    state = _authorized(request)
+    state = admin_state(request)
     if isinstance(state, Response):
         return state
     # A cross-origin form or fetch may send text/plain without a CORS preflight; requiring

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from aigw.api.admin import describe
-from aigw.api.routes import error_response
+from aigw.api.routes import admin_state, error_response
 from aigw.errors import GatewayError, PermissionDeniedError
 from aigw.fleet.deployment import Deployment
 from aigw.limits import QuotaUse
@@ -189,16 +189,6 @@ def build_page() -> tuple[bytes, dict[str, str]]:
     return html.encode(), headers
 
 
-def _admin_state(request: Request) -> AppState | Response:
-    state: AppState = request.app.state.aigw
-    raw = request.headers.get("authorization")
-    try:
-        state.gateway.auth.check_admin(raw.encode("latin-1") if raw is not None else None)
-    except GatewayError as exc:
-        return error_response(exc)
-    return state
-
-
 def _series(window: Window) -> dict[str, list[Any]]:
     """The window's buckets as columns (compact JSON, and what a chart wants)."""
     points = window.points
@@ -305,7 +295,7 @@ def dashboard_routes() -> list[Route]:
         return Response(page, media_type="text/html; charset=utf-8", headers=page_headers)
 
     async def dashboard_data(request: Request) -> Response:
-        state = _admin_state(request)
+        state = admin_state(request)
         if isinstance(state, Response):
             return state
         body = orjson.dumps(await snapshot(state))

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from aigw.api.state import AppState
 
 __all__ = [
+    "admin_state",
     "error_response",
     "healthz",
     "http_exception",
@@ -97,15 +98,25 @@ async def readyz(request: Request) -> Response:
     return _json({"status": "ready", "models": sorted(ready)})
 
 
+def admin_state(request: Request) -> AppState | Response:
+    """The app state, or the error response: 403 when no admin key is configured (the admin
+    API is then disabled, never open) or a client key is used, 401 for a missing/wrong key."""
+    state: AppState = request.app.state.aigw
+    raw = request.headers.get("authorization")
+    try:
+        state.gateway.auth.check_admin(raw.encode("latin-1") if raw is not None else None)
+    except GatewayError as exc:
+        return error_response(exc)
+    return state
+
+
 async def metrics(request: Request) -> Response:
     """Prometheus text; behind the admin key when ``metrics.require_admin_key``."""
     state = _state(request)
     if state.config.metrics.require_admin_key:
-        raw = request.headers.get("authorization")
-        try:
-            state.gateway.auth.check_admin(raw.encode("latin-1") if raw is not None else None)
-        except GatewayError as exc:
-            return error_response(exc)
+        checked = admin_state(request)
+        if isinstance(checked, Response):
+            return checked
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -14,6 +14,7 @@ import openai
 import orjson
 import pytest
 
+from tests.fakes.asgi import lifespan, request_body
 from tests.servers import ThreadedServer, free_port, serve_in_thread
 
 PROVIDER_KEY = "sk-canary-provider-7f3a9c51"
@@ -30,19 +31,12 @@ def echo_upstream() -> Any:
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         if scope["method"] != "POST":  # the gateway's metrics scrape
             await _reply(send, 404, b"")
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await request_body(receive)
         request = orjson.loads(body)
         echo = "; ".join(f"{k.decode()}: {v.decode()}" for k, v in scope["headers"])
         mode = request["model"]

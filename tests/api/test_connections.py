@@ -23,6 +23,7 @@ from aigw.app import create_app
 from aigw.configfile import parse_config
 from aigw.connections import ConnectionGuard, ConnectionLimits
 from tests.conftest import deployment
+from tests.fakes.asgi import lifespan, request_body
 from tests.servers import ThreadedServer, serve_in_thread
 
 FAST_SWEEP = 0.05
@@ -222,16 +223,9 @@ def endless_upstream(aborted: threading.Event) -> Any:
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await request_body(receive)
         stream = orjson.loads(body).get("stream")
         content_type = b"text/event-stream" if stream else b"application/json"
         await send(
