@@ -147,6 +147,10 @@ class Tracing:
             return
         span, token = record.trace
         record.trace = None
+        if not span.is_recording():  # sampled out: nothing to write
+            otel_context.detach(token)
+            span.end()
+            return
         operation = _OPERATIONS.get(record.endpoint, record.endpoint)
         if record.model is not None:
             span.update_name(f"{operation} {record.model}")
@@ -174,6 +178,10 @@ class Tracing:
     # --- attempt spans (AttemptObserver) -----------------------------------------------------
 
     def on_dispatch(self, attempt: Attempt) -> None:
+        if not trace.get_current_span().is_recording():
+            # The request was sampled out: no child spans; the upstream still gets the
+            # request's traceparent (flagged unsampled) from the current context.
+            return
         started = self._wall_ns(attempt.started_at)
         if attempt.queued_s > 0:
             queued = self._tracer.start_span(

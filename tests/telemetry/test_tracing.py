@@ -212,3 +212,24 @@ def test_tracing_is_off_unless_the_environment_asks() -> None:
         )
         is None
     )
+
+
+def test_a_sampled_out_request_writes_no_spans_but_still_propagates(
+    servers: ExitStack, exporter: InMemorySpanExporter
+) -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    upstream = servers.enter_context(serve_in_thread(echo_upstream()))
+    config = {"models": [{"name": "m", "deployments": [_deployment(upstream.url, "d1")]}]}
+    parsed = parse_config(config, source="<test>")
+    app = create_app(parsed, seed=0, tracer_provider=provider)
+    gateway = servers.enter_context(serve_in_thread(app, http=gateway_protocol(parsed.server)))
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0) as client:
+        reply = client.chat.completions.create(model="m", messages=HELLO)
+    echoed = reply.choices[0].message.content or ""
+    traceparent = echoed.split("traceparent: ", 1)[1].split(";", 1)[0]
+    assert int(traceparent.rsplit("-", 1)[1], 16) & 1 == 0  # the sampled flag is off
+    assert exporter.get_finished_spans() == ()
+    provider.shutdown()
