@@ -90,7 +90,8 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: config loaded and every model has a deployment believed healthy."""
+    """Readiness: config loaded and every model has a deployment that can take traffic
+    (not ejected, not draining)."""
     ready = _state(request).gateway.router.ready_models()
     unready = sorted(name for name, ok in ready.items() if not ok)
     if unready:

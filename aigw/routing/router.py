@@ -118,10 +118,12 @@ class Router:
         return Selection(chosen, healthy)
 
     def ready_models(self) -> dict[str, bool]:
-        """Per model: whether at least one deployment is believed healthy right now."""
+        """Per model: whether at least one deployment can take new traffic right now (not
+        draining, and believed healthy: not ejected)."""
         now = self._clock()
+        available = self.health.is_available
         return {
-            name: any(self.health.is_available(d.state, now) for d in route.deployments)
+            name: any(not d.state.draining and available(d.state, now) for d in route.deployments)
             for name, route in self.models.items()
         }
 
