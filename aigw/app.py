@@ -72,6 +72,7 @@ def build_gateway(
         max_attempts=config.retry.max_attempts,
         max_reply_bytes=config.server.max_upstream_reply_bytes,
         redactor=redactor_for(config),
+        sessions=shared.sessions,
     )
 
 

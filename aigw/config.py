@@ -7,6 +7,7 @@ is the schema alone, so every room may import it.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ __all__ = [
     "QueueConfig",
     "ServerConfig",
     "StateConfig",
+    "StickyConfig",
     "TimeoutsConfig",
     "TokensConfig",
 ]
@@ -174,6 +176,42 @@ class QueueConfig(_Strict):
     timeout_s: float = Field(30.0, gt=0, le=3600)  # longest wait; the header may shorten it
 
 
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")  # an RFC 9110 token, lowercased
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+
+
+class StickyConfig(_Strict):
+    """Sticky conversation sessions: a session's requests go to the deployment that holds its
+    KV cache while it is available (:mod:`aigw.routing.sticky`).
+
+    ``key``: where the session id comes from, the request header ``header`` (``header``) or
+    the body's ``user`` field (``user``). ``ttl_s``: a binding unused this long is forgotten.
+    """
+
+    key: Literal["header", "user"]
+    header: str = "x-session-id"
+    ttl_s: float = Field(1800.0, ge=1, le=30 * 86400)
+
+    @field_validator("header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        name = value.strip().lower()
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"expected an HTTP header name such as x-session-id (got {value!r})")
+        if name in _SECRET_HEADERS:
+            # The session id is stored (in Redis too): a credential must never become one.
+            raise ValueError(f"{name} carries credentials and cannot be a session id")
+        return name
+
+    @model_validator(mode="after")
+    def _header_needs_header_key(self) -> StickyConfig:
+        if self.key == "user" and "header" in self.model_fields_set:
+            raise ValueError(
+                "header is only read with key: header (key: user takes the body's `user` field)"
+            )
+        return self
+
+
 class ModelConfig(_Strict):
     name: str = Field(min_length=1)
     queue: QueueConfig = Field(default_factory=lambda: QueueConfig())
@@ -185,6 +223,7 @@ class ModelConfig(_Strict):
     slo_ttft_ms: float | None = Field(None, gt=0)
     spillover: SpilloverConfig = Field(default_factory=lambda: SpilloverConfig())
     adapter: str | None = None  # LoRA adapter this model's requests need on the engine
+    sticky: StickyConfig | None = None  # conversation -> deployment affinity; None: off
 
     # A preset name or {name, weights, picker, ...}; checked against the policy tables by
     # aigw.configfile (policies import this schema, so it cannot import them).

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from aigw.redaction import Redactor
 from aigw.routing.context import ContextBuilder
 from aigw.routing.router import ModelRoute, Router
 from aigw.state.base import Lease, Ticket
+from aigw.state.sessions import MemorySessionStore, SessionStore
 from aigw.types import Endpoint, Principal, RequestMeta, RouteContext, Usage
 from aigw.upstream import Transport, UpstreamResponse
 
@@ -90,7 +92,7 @@ class _Opened:
 class _Request:
     """One request's passage through the stages; what ``account`` needs at the end."""
 
-    __slots__ = ("booking", "ctx", "id", "principal", "route", "ticket")
+    __slots__ = ("booking", "ctx", "id", "principal", "route", "session", "ticket")
 
     def __init__(
         self, request_id: str, principal: Principal, route: ModelRoute, ctx: RouteContext
@@ -101,6 +103,7 @@ class _Request:
         self.ctx = ctx
         self.ticket: Ticket | None = None
         self.booking: Booking | None = None
+        self.session: str | None = None  # its sticky session's store key
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -132,6 +135,7 @@ class Gateway:
         max_attempts: int,
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         redactor: Redactor | None = None,
+        sessions: SessionStore | None = None,
     ) -> None:
         self.auth = auth
         self.limits = limits
@@ -143,6 +147,7 @@ class Gateway:
         self._max_attempts = max_attempts
         self._max_reply_bytes = max_reply_bytes
         self._redact = redactor or Redactor()
+        self._sessions = sessions if sessions is not None else MemorySessionStore(time.monotonic)
         # Internal request ids: unique across processes without a uuid per request.
         self._id_prefix = uuid.uuid4().hex[:12] + "-"
         self._ids = itertools.count(1)
@@ -207,11 +212,17 @@ class Gateway:
                 param="model",
                 code="unsupported_endpoint",
             )
+        session = bound = None
+        if route.sticky is not None:  # the only cost of sticky sessions to other models
+            session = route.sticky.session_key(principal.name, body, meta)
+            if session is not None:
+                bound = await self._sessions.lookup(session, route.sticky.ttl_s)
         now = asyncio.get_running_loop().time()
         ctx = await self._contexts.build(
-            endpoint, body, meta, now, route.smallest_context_window, route.adapter
+            endpoint, body, meta, now, route.smallest_context_window, route.adapter, bound
         )
         request = _Request(f"{self._id_prefix}{next(self._ids)}", principal, route, ctx)
+        request.session = session
         request.ticket = self.admission.ticket(request.id, principal, model, meta)
         plan = self.limits.plan(principal, model)
         if plan is not None:
@@ -365,6 +376,21 @@ class Gateway:
         usage = dispatch.attempt.usage
         if request.booking is not None:
             await request.booking.reconcile(usage)
+        await self._bind_session(request, dispatch.attempt)
+
+    async def _bind_session(self, request: _Request, attempt: Attempt) -> None:
+        """Bind the request's sticky session to the deployment that answered it, when that
+        is not already its binding (the lookup renewed an unchanged one)."""
+        sticky = request.route.sticky
+        deployment_id = attempt.deployment.id
+        if (
+            request.session is not None
+            and sticky is not None
+            and attempt.last_byte_at is not None  # it answered: it holds the KV cache now
+            and deployment_id != request.ctx.bound_deployment
+            and attempt.deployment.model == request.route.name  # not a fallback model's
+        ):
+            await self._sessions.bind(request.session, deployment_id, sticky.ttl_s)
 
     async def _settle(
         self, dispatch: _Dispatch, error: GatewayError | None, success: bool = False

@@ -7,7 +7,7 @@ This module imports nothing from the gateway's rooms (only the error tree), so `
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -84,12 +84,16 @@ class RequestMeta:
     ``queue_timeout`` (``x-aigw-queue-timeout``, seconds) shortens the model's queue wait.
     ``invalid``: the error a malformed ``x-aigw-*`` header earned, raised by the caller only
     after the key was checked (an unauthenticated client learns nothing but 401).
+    ``headers``: the raw ASGI header list, kept by reference (no copy, nothing parsed) for
+    :meth:`header`: only a model with sticky sessions reads a header of its configuration,
+    so every other request pays one attribute store instead of a check per header.
     """
 
     __slots__ = (
         "authorization",
         "client_ip",
         "hash_key",
+        "headers",
         "invalid",
         "priority",
         "queue_timeout",
@@ -118,6 +122,14 @@ class RequestMeta:
         self.priority = priority
         self.queue_timeout = queue_timeout
         self.invalid: InvalidRequestError | None = None
+        self.headers: Sequence[tuple[bytes, bytes]] = ()
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lowercase, as ASGI gives names), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
 
     @classmethod
     def from_scope(cls, scope: Mapping[str, Any]) -> RequestMeta:
@@ -161,6 +173,7 @@ class RequestMeta:
             queue_timeout,
         )
         meta.invalid = invalid
+        meta.headers = scope["headers"]
         return meta
 
 
@@ -215,3 +228,4 @@ class RouteContext:
     tags: frozenset[str] = frozenset()  # x-aigw-tags header, comma-separated
     adapter: str | None = None  # LoRA adapter the model needs
     request_id: str | None = None  # the x-request-id, forwarded upstream for tracing
+    bound_deployment: str | None = None  # the sticky session's deployment, when it has one

@@ -42,6 +42,7 @@ class ContextBuilder:
         now: float,
         smallest_window: int | None,
         adapter: str | None,
+        bound_deployment: str | None = None,
     ) -> RouteContext:
         text, opening_chars = _prompt(body)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -71,6 +72,7 @@ class ContextBuilder:
             tags=meta.tags,
             adapter=adapter,
             request_id=meta.request_id,
+            bound_deployment=bound_deployment,
         )
 
 

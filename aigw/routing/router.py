@@ -21,6 +21,7 @@ from aigw.policies import Policy, make_policy
 from aigw.policies.base import Filter
 from aigw.providers import make_provider
 from aigw.routing.health import OutlierDetector
+from aigw.routing.sticky import Stickiness, keep_bound
 from aigw.types import Endpoint, RouteContext
 
 __all__ = ["ModelRoute", "Router", "Selection", "build_deployment"]
@@ -36,6 +37,7 @@ class ModelRoute:
     fallbacks: tuple[str, ...]
     adapter: str | None
     smallest_context_window: int | None  # None when no deployment declares one
+    sticky: Stickiness | None = None  # sticky sessions (aigw.routing.sticky); None: off
 
     def supports(self, endpoint: Endpoint) -> bool:
         return any(d.provider.supports(endpoint) for d in self.deployments)
@@ -92,7 +94,9 @@ class Router:
         (Envoy's "panic" mode: better to try a maybe-recovered upstream than to fail without
         trying). The policy chooses among the candidates below their ``max_concurrency``
         as this process sees them; ``chosen`` is None when all are at capacity (the request
-        then queues for any of them). None when no candidate is left at all.
+        then queues for any of them). None when no candidate is left at all. A sticky
+        session's bound deployment (``ctx.bound_deployment``) is chosen without asking the
+        policy while :func:`~aigw.routing.sticky.keep_bound` keeps it and it is not ejected.
         """
         now = self._clock()
         candidates = [
@@ -113,6 +117,10 @@ class Router:
             engine = d.state.engine
             d.state.engine_stale = engine is None or engine.scraped_at < stale_before
         healthy = [d for d in candidates if self.health.is_available(d.state, now)] or candidates
+        if ctx.bound_deployment is not None:  # a sticky session's deployment, if it may stay
+            bound = keep_bound(ctx.bound_deployment, healthy)
+            if bound is not None and self.health.is_available(bound.state, now):
+                return Selection(bound, healthy)
         free = [d for d in healthy if not d.at_capacity]
         chosen: Deployment | None = route.policy.pick(free, ctx) if free else None
         return Selection(chosen, healthy)
@@ -159,4 +167,5 @@ def _build_route(model: ModelConfig, routing: RoutingConfig, rng: random.Random)
         fallbacks=tuple(model.fallbacks),
         adapter=model.adapter,
         smallest_context_window=min(windows) if windows else None,
+        sticky=Stickiness(model.sticky, model.name) if model.sticky is not None else None,
     )

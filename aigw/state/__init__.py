@@ -1,4 +1,5 @@
-"""Shared state: rate limits and admission (queue and slots), in memory or on Redis.
+"""Shared state: rate limits, admission (queue and slots) and sticky-session bindings, in
+memory or on Redis.
 
 :func:`open_state` builds what ``state.backend`` asks for, once, in the app's lifespan:
 ``memory`` (this process only) or ``redis`` (shared by every instance, with the fallback that
@@ -15,13 +16,18 @@ from aigw.config import StateConfig
 from aigw.state.base import AdmissionQueue, RateLimiter, StateUnavailableError
 from aigw.state.memory import MemoryAdmissionQueue, MemoryRateLimiter
 from aigw.state.redis import RedisAdmissionQueue, RedisRateLimiter, connect
+from aigw.state.redis_sessions import RedisSessionStore
 from aigw.state.resilient import RedisHealth, ResilientAdmissionQueue, ResilientRateLimiter
+from aigw.state.sessions import MemorySessionStore, ResilientSessionStore, SessionStore
 
 __all__ = [
     "MemoryAdmissionQueue",
     "MemoryRateLimiter",
+    "MemorySessionStore",
     "RedisAdmissionQueue",
     "RedisRateLimiter",
+    "RedisSessionStore",
+    "SessionStore",
     "SharedState",
     "StateUnavailableError",
     "open_state",
@@ -30,10 +36,11 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class SharedState:
-    """The rate limiter and admission queue every request goes through; close once."""
+    """The rate limiter, admission queue and session store requests go through; close once."""
 
     limiter: RateLimiter
     admission: AdmissionQueue
+    sessions: SessionStore
     closers: tuple[Callable[[], Awaitable[None]], ...] = ()
     redis: RedisHealth | None = None  # with the Redis backend: whether it is up, its errors
 
@@ -49,7 +56,9 @@ async def open_state(config: StateConfig, clock: Callable[[], float]) -> SharedS
     outage mode (logged) and move to Redis when it answers.
     """
     if config.backend == "memory":
-        return SharedState(MemoryRateLimiter(clock), MemoryAdmissionQueue(clock))
+        return SharedState(
+            MemoryRateLimiter(clock), MemoryAdmissionQueue(clock), MemorySessionStore(clock)
+        )
     client = connect(config)
     redis_admission = RedisAdmissionQueue(client, config, uuid.uuid4().hex[:16], clock=clock)
     redis_limiter = RedisRateLimiter(client, config)
@@ -65,6 +74,9 @@ async def open_state(config: StateConfig, clock: Callable[[], float]) -> SharedS
     admission = ResilientAdmissionQueue(
         redis_admission, MemoryAdmissionQueue(clock), health, mode, clock
     )
+    sessions = ResilientSessionStore(
+        RedisSessionStore(client, config), MemorySessionStore(clock), health
+    )
     return SharedState(
-        limiter, admission, (health.aclose, redis_admission.close, client.aclose), health
+        limiter, admission, sessions, (health.aclose, redis_admission.close, client.aclose), health
     )
