@@ -36,6 +36,7 @@ from aigw.routing.history import FleetHistory
 from aigw.routing.recorder import SignalRecorder
 from aigw.routing.router import Router
 from aigw.routing.scraper import MetricsScraper
+from aigw.serving import Lifecycle
 from aigw.state import SharedState, open_state
 from aigw.telemetry.logs import AccessLog
 from aigw.telemetry.metrics import GatewayMetrics
@@ -82,11 +83,15 @@ def create_app(
     seed: int | None = None,
     access_log: bool = False,
     tracer_provider: TracerProvider | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> Starlette:
     """The gateway as an ASGI app; nothing runs until its lifespan starts.
 
     ``access_log``: log one line per proxied request (``aigw.access``). ``tracer_provider``:
-    where spans go (tests); by default OpenTelemetry's environment decides, off if unset."""
+    where spans go (tests); by default OpenTelemetry's environment decides, off if unset.
+    ``lifecycle``: shared with the server that drains it (:class:`~aigw.serving.GatewayServer`).
+    """
+    lifecycle = lifecycle or Lifecycle()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -128,6 +133,7 @@ def create_app(
             metrics=metrics,
             history=history,
             tracing=tracing,
+            lifecycle=lifecycle,
         )
         log.info(
             "aigw ready: %d models, %d deployments, %s state",

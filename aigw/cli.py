@@ -108,20 +108,24 @@ def _serve(args: argparse.Namespace) -> int:
 
     from aigw.app import create_app
     from aigw.configfile import load_config
-    from aigw.serving import gateway_protocol
+    from aigw.serving import GatewayServer, Lifecycle, gateway_protocol
 
     config = load_config(args.config)
-    uvicorn.run(
-        create_app(config, access_log=args.access_log),
+    lifecycle = Lifecycle()
+    options = uvicorn.Config(
+        create_app(config, access_log=args.access_log, lifecycle=lifecycle),
         host=args.host or config.server.host,
         port=args.port if args.port is not None else config.server.port,
         access_log=False,  # aigw's own access log (above) says more, for proxied requests
         log_config=None,  # uvicorn's lines go through the handler main() set up
         log_level=args.log_level,
-        timeout_graceful_shutdown=int(config.server.drain_seconds),
         **{**_uvicorn_options(), "http": gateway_protocol(config.server)},  # type: ignore[arg-type]
     )
-    return 0
+    server = GatewayServer(
+        options, lifecycle, config.server.drain_seconds, config.server.shutdown_delay_s
+    )
+    server.run()  # returns after a drain (SIGTERM/SIGINT): exit status 0
+    return 0 if server.started else 1
 
 
 def _fake_backend(args: argparse.Namespace) -> int:

@@ -50,8 +50,13 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     # A non-streamed upstream reply over this (counted after decompression) is a retryable 502.
     max_upstream_reply_bytes: int = Field(16 * 1024 * 1024, gt=0)
-    # Seconds a shutdown waits for in-flight requests before cutting them.
+    # Seconds a shutdown waits for in-flight requests before cutting them (a stream still
+    # running then ends with a `gateway_shutting_down` error event, an unanswered request
+    # gets a 503).
     drain_seconds: float = Field(15.0, ge=0)
+    # On SIGTERM/SIGINT, /readyz answers 503 at once but the listener stays open this long, so
+    # that a load balancer (a Kubernetes endpoint update) stops sending first.
+    shutdown_delay_s: float = Field(1.0, ge=0, le=300)
     # What one client connection may hold (aigw/connections.py): beyond max_connections a new
     # connection gets 503; a request head over max_header_bytes gets 431; a head must arrive
     # within header_timeout_s (408) and its body within body_timeout_s after it; a client that

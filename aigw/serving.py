@@ -1,12 +1,14 @@
-"""Serving ASGI apps: the gateway's guarded HTTP protocol, and several apps in one event loop
-(the demo, benchmarks)."""
+"""Serving ASGI apps: the gateway's guarded HTTP protocol and its graceful lifecycle (drain on
+SIGTERM, reload on SIGHUP), and several apps in one event loop (the demo, benchmarks)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import signal
 import socket
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,7 +17,22 @@ import uvicorn
 from aigw.config import ServerConfig
 from aigw.connections import ConnectionGuard, ConnectionLimits
 
-__all__ = ["EmbeddedServer", "bind", "gateway_protocol", "serve_together"]
+__all__ = [
+    "SHUTDOWN_CUT",
+    "EmbeddedServer",
+    "GatewayServer",
+    "Lifecycle",
+    "bind",
+    "gateway_protocol",
+    "serve_together",
+]
+
+log = logging.getLogger("aigw")
+
+# The cancel message of a request cut at the drain deadline (the API layer answers it).
+SHUTDOWN_CUT = "aigw: drain deadline passed"
+# Seconds uvicorn waits after our cut before it cancels what is left (its last resort).
+_CUT_GRACE_S = 5.0
 
 # (app, listening socket) or (app, socket, uvicorn.Config options for that server alone)
 ServedApp = tuple[Any, socket.socket] | tuple[Any, socket.socket, Mapping[str, Any]]
@@ -43,6 +60,113 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     return sock
+
+
+class Lifecycle:
+    """Where a serving process is in its life, shared by the server and the app.
+
+    The server (signals) sets ``draining`` and calls :meth:`cut`; the app reads ``draining``
+    (``/readyz``), registers each proxied request's task while it works (:meth:`track`), and
+    sets ``reload`` in its lifespan (SIGHUP calls it). Everything runs on the event loop.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.reload: Callable[[], Awaitable[None]] | None = None
+        self._working: set[asyncio.Task[object]] = set()
+        self._cut: set[asyncio.Task[object]] = set()
+        self._reloads: set[asyncio.Future[None]] = set()  # a reference keeps each running
+
+    def track(self, task: asyncio.Task[object]) -> None:
+        self._working.add(task)
+
+    def untrack(self, task: asyncio.Task[object]) -> None:
+        self._working.discard(task)
+
+    def was_cut(self, task: asyncio.Task[object]) -> bool:
+        """Whether ``task``'s cancellation came from :meth:`cut` (not a client leaving)."""
+        return task in self._cut
+
+    def cut(self) -> int:
+        """Cancel every request still working, with :data:`SHUTDOWN_CUT`; how many."""
+        tasks = list(self._working)
+        self._working.clear()
+        for task in tasks:
+            self._cut.add(task)
+            task.cancel(SHUTDOWN_CUT)
+        if tasks:
+            log.warning("drain deadline passed: ending %d request(s) with an error", len(tasks))
+        return len(tasks)
+
+    def request_reload(self) -> None:
+        """SIGHUP: run ``reload`` in the background (it logs its own outcome)."""
+        if self.reload is None:
+            log.warning("SIGHUP: this server has no config file to reload")
+            return
+        task = asyncio.ensure_future(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn for ``aigw serve``: a drain on SIGTERM/SIGINT that ends in exit status 0.
+
+    The order: ``/readyz`` answers 503 ``draining`` at once (load balancers stop sending);
+    after ``shutdown_delay_s`` the listener closes (uvicorn's shutdown: idle keep-alive
+    connections close, busy ones close after their response); requests and streams still
+    running ``drain_s`` later are cut (:meth:`Lifecycle.cut`: a stream ends with an error
+    event, a request not yet answered gets a 503). A second signal skips the waiting.
+    SIGHUP reloads the config. uvicorn's own handlers re-raise the signal once served (the
+    process then dies by it); these do not.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, lifecycle: Lifecycle, drain_s: float, delay_s: float
+    ) -> None:
+        # uvicorn's own deadline is the last resort, after ours.
+        config.timeout_graceful_shutdown = math.ceil(drain_s + _CUT_GRACE_S)
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self._drain_s = drain_s
+        self._delay_s = delay_s
+
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.lifecycle.request_reload)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        if self.lifecycle.draining:  # the second signal: stop waiting
+            log.warning("%s again: closing now", sig.name)
+            self.should_exit = True
+            self.lifecycle.cut()
+            return
+        self.lifecycle.draining = True
+        log.info(
+            "%s: draining (readyz 503 now; listener closes in %gs; requests get %gs more)",
+            sig.name,
+            self._delay_s,
+            self._drain_s,
+        )
+        asyncio.get_running_loop().call_later(self._delay_s, self._stop_listening)
+
+    def _stop_listening(self) -> None:
+        self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.lifecycle.draining = True  # also when stopped by other means
+        cutter = asyncio.get_running_loop().call_later(self._drain_s, self.lifecycle.cut)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            cutter.cancel()
 
 
 class EmbeddedServer(uvicorn.Server):

@@ -3,6 +3,11 @@
 Each is a plain ASGI callable (see :mod:`aigw.api.asgi` for why). After the body is read, the
 rest of the request runs under :func:`run_until_disconnect`, so a client that goes away
 cancels the upstream request at once, whether it was waiting for a reply or streaming one.
+
+A request still working when a shutdown's drain deadline passes is cancelled the same way,
+by :meth:`~aigw.serving.Lifecycle.cut` (no per-chunk check on the hot path); it then gets a
+503 ``gateway_shutting_down``, or, if its stream had started, that error as a last SSE event
+and a clean end of the response.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from aigw.api.asgi import (
     ClientDisconnect,
@@ -24,7 +31,8 @@ from aigw.api.asgi import (
     send_json,
 )
 from aigw.api.validation import VALIDATORS, parse_body
-from aigw.errors import GatewayError
+from aigw.errors import GatewayError, ServiceUnavailableError
+from aigw.serving import SHUTDOWN_CUT
 from aigw.telemetry.records import CLIENT_CLOSED, RequestRecord
 from aigw.types import Endpoint, Principal, RequestMeta
 
@@ -63,6 +71,10 @@ class ProxyEndpoint:
             response_started = True
             await send(message)
 
+        task = asyncio.current_task()
+        assert task is not None
+        lifecycle = state.lifecycle
+        lifecycle.track(task)
         try:
             meta = RequestMeta.from_scope(scope)
             record.request_id = meta.request_id
@@ -92,7 +104,13 @@ class ProxyEndpoint:
                 log.warning("error after the response started: %s", exc.message)
         except ClientDisconnect:
             record.status = CLIENT_CLOSED  # gone while sending its body: nothing to answer
+        except asyncio.CancelledError:
+            if not lifecycle.was_cut(task):
+                raise
+            task.uncancel()
+            await _shutting_down(send, record, response_started)
         finally:
+            lifecycle.untrack(task)
             # After the disconnect watcher has stopped: a client that closes the connection
             # once it has its reply cannot cut the accounting short.
             for account in settle:
@@ -147,3 +165,23 @@ class ProxyEndpoint:
 
         record.error_code = await stream.relay(send_chunk)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _shutting_down(send: Send, record: RequestRecord, response_started: bool) -> None:
+    """Answer a request cut at the drain deadline: a 503, or (a stream that had started) the
+    error as the last event and a clean end of the chunked body. No ``[DONE]`` follows, as
+    after any error event: clients (the OpenAI SDKs) raise on the event itself."""
+    error = ServiceUnavailableError(
+        "The gateway is shutting down; retry on another instance.",
+        code="gateway_shutting_down",
+    )
+    record.error_code = error.code
+    if not response_started:
+        record.status = error.status
+        await send_error(send, error)
+    elif record.stream:
+        event = b"data: " + orjson.dumps(error.to_dict()) + b"\n\n"
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    else:  # a JSON reply half sent: nothing sound to add; the connection closes
+        raise asyncio.CancelledError(SHUTDOWN_CUT)

@@ -91,8 +91,12 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Readiness: config loaded and every model has a deployment that can take traffic
-    (not ejected, not draining)."""
-    ready = _state(request).gateway.router.ready_models()
+    (not ejected, not draining). 503 ``draining`` once the process is shutting down, so
+    that load balancers stop sending before the listener closes."""
+    state = _state(request)
+    if state.lifecycle.draining:
+        return _json({"status": "draining"}, 503)
+    ready = state.gateway.router.ready_models()
     unready = sorted(name for name, ok in ready.items() if not ok)
     if unready:
         return _json({"status": "unready", "models_without_healthy_deployment": unready}, 503)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aigw.config import GatewayConfig
 from aigw.gateway import Gateway
 from aigw.routing.history import FleetHistory
+from aigw.serving import Lifecycle
 from aigw.telemetry.metrics import GatewayMetrics
 from aigw.telemetry.records import RequestObservers
 from aigw.telemetry.tracing import Tracing
@@ -25,3 +26,4 @@ class AppState:
     metrics: GatewayMetrics
     history: FleetHistory | None = None  # recent per-deployment windows, for /dashboard
     tracing: Tracing | None = None  # None: tracing is off
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)  # draining; requests to cut
