@@ -172,6 +172,12 @@ class Gateway:
             await self._account(request, dispatch, None)
 
         attempt = dispatch.attempt
+        if request.session is not None:
+            try:
+                await self._bind_session(request, attempt)
+            except BaseException:  # the client went away: the reply is done all the same
+                await account()
+                raise
         return Reply(attempt.deployment, data, request.headers, account, attempt)
 
     async def open_stream(
@@ -188,9 +194,16 @@ class Gateway:
         async def account(error: GatewayError | None) -> None:
             await self._account(request, dispatch, error)
 
-        return UpstreamStream(
+        stream = UpstreamStream(
             dispatch.attempt, opened, self._transport, self._observers, account, request.headers
         )
+        if request.session is not None:
+            try:
+                await self._bind_session(request, dispatch.attempt)
+            except BaseException:  # the client went away before the relay began
+                await stream.close()
+                raise
+        return stream
 
     # --- 2: the model, then rate limits -----------------------------------------------------
 
@@ -376,11 +389,15 @@ class Gateway:
         usage = dispatch.attempt.usage
         if request.booking is not None:
             await request.booking.reconcile(usage)
-        await self._bind_session(request, dispatch.attempt)
 
     async def _bind_session(self, request: _Request, attempt: Attempt) -> None:
         """Bind the request's sticky session to the deployment that answered it, when that
-        is not already its binding (the lookup renewed an unchanged one)."""
+        is not already its binding (the lookup renewed an unchanged one).
+
+        Before the client has the answer (for a stream: its first bytes), not when the
+        request is accounted: a client sends its next turn as soon as it has this one, and
+        that turn must find the binding. Only a changed binding costs this wait.
+        """
         sticky = request.route.sticky
         deployment_id = attempt.deployment.id
         if (

@@ -176,3 +176,35 @@ def test_config_errors_never_quote_a_secret() -> None:
     assert "models[0].deployments[0].api_key: Input should be a valid string" in found
     assert "auth.keys[0].key: Input should be a valid string (got a secret, not shown)" in found
     assert "state.url: expected a redis://" in found
+
+
+def sticky(**settings: Any) -> dict[str, Any]:
+    raw = minimal()
+    raw["models"][0]["sticky"] = settings
+    return raw
+
+
+def test_sticky_sessions_settings() -> None:
+    assert parse_config(minimal()).models[0].sticky is None
+    on = parse_config(sticky(key="header", header="X-Conversation-Id", ttl_s=60))
+    assert on.models[0].sticky is not None
+    assert (on.models[0].sticky.header, on.models[0].sticky.ttl_s) == ("x-conversation-id", 60)
+    by_user = parse_config(sticky(key="user")).models[0].sticky
+    assert by_user is not None and by_user.key == "user"
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, "models[0].sticky.key: required field is missing"),
+        ({"key": "cookie"}, "models[0].sticky.key: "),
+        ({"key": "header", "header": "x session"}, "expected an HTTP header name"),
+        ({"key": "header", "header": "Authorization"}, "authorization carries credentials"),
+        ({"key": "user", "header": "x-session-id"}, "header is only read with key: header"),
+        ({"key": "header", "ttl_s": 0}, "models[0].sticky.ttl_s: "),
+        ({"key": "header", "ttl_z": 5}, "models[0].sticky.ttl_z: unknown field"),
+    ],
+)
+def test_sticky_sessions_errors_name_the_field(settings: dict[str, Any], expected: str) -> None:
+    [problem] = problems(sticky(**settings))
+    assert expected in problem, problem

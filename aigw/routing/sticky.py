@@ -15,10 +15,12 @@ Rules, pure and synchronous like every policy (:func:`keep_bound`):
   detection, and under its load bound:
 
   - with ``max_concurrency``: below it (as this process sees its in-flight count);
-  - without: its in-flight count at most ``max(2, 1.5 x`` the mean in-flight of its peers
-    (the other candidates)``)``: a consistent-hashing-with-bounded-load style bound, so one
-    busy conversation-heavy deployment sheds new turns before it becomes the fleet's
-    straggler, while a near-idle fleet never moves a session for a request or two;
+  - without: with this request, its in-flight count at most
+    ``max(4, ceil(1.5 x`` the candidates' mean in-flight, this request included``))``. This
+    is the bound of consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam,
+    2018; c = 1.5): a deployment heavy with busy conversations sheds new turns before it
+    becomes the fleet's straggler, and the floor of 4 keeps a near-idle fleet from moving a
+    session (and losing its KV cache) for a few parallel requests;
 
 - otherwise the policy routes the request, and the session is rebound to whichever
   deployment answers it (that one now holds the conversation's longest prefix). Only the
@@ -28,6 +30,7 @@ Rules, pure and synchronous like every policy (:func:`keep_bound`):
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,8 +40,8 @@ from aigw.types import RequestMeta
 
 __all__ = ["LOAD_FACTOR", "MIN_IN_FLIGHT", "Stickiness", "keep_bound"]
 
-LOAD_FACTOR = 1.5  # the bound deployment may carry this many times its peers' mean in-flight
-MIN_IN_FLIGHT = 2  # ... and always at least this many, so an idle fleet never moves sessions
+LOAD_FACTOR = 1.5  # the bound deployment may carry this many times the mean in-flight
+MIN_IN_FLIGHT = 4  # ... and always this many, so a near-idle fleet never moves sessions
 _MAX_ID_CHARS = 128  # longer session ids are stored as their sha256 (short Redis keys)
 
 
@@ -81,19 +84,16 @@ def keep_bound(bound_id: str, candidates: Sequence[Deployment]) -> Deployment | 
     filtered out or already tried, and the session moves.
     """
     bound: Deployment | None = None
-    peers_in_flight = 0
+    total = 1  # this request
     for d in candidates:
+        total += d.state.in_flight
         if d.id == bound_id:
             bound = d
-        else:
-            peers_in_flight += d.state.in_flight
     if bound is None:
         return None
     limit = bound.config.max_concurrency
     in_flight = bound.state.in_flight
     if limit is not None:
         return bound if in_flight < limit else None
-    peers = len(candidates) - 1
-    if peers == 0:
-        return bound
-    return bound if in_flight <= max(MIN_IN_FLIGHT, LOAD_FACTOR * peers_in_flight / peers) else None
+    cap = max(MIN_IN_FLIGHT, math.ceil(LOAD_FACTOR * total / len(candidates)))
+    return bound if in_flight + 1 <= cap else None

@@ -109,13 +109,15 @@ def test_max_concurrency_is_the_bound_when_set() -> None:
 @pytest.mark.parametrize(
     ("bound", "peers", "kept"),
     [
-        (2, (0, 0), True),  # an idle fleet never moves a session for a couple of requests
-        (3, (0, 0), False),
-        (6, (4, 4), True),  # 6 <= 1.5 x 4
-        (7, (4, 4), False),
-        (9, (6, 6), True),
-        (10, (6, 6), False),
-        (50, (), True),  # no peers: nowhere better to go
+        (3, (0, 0), True),  # a near-idle fleet never moves a session for a few requests
+        (4, (0, 0), False),  # 5 > max(4, ceil(1.5 x 5 / 3))
+        (8, (4, 4), True),  # 9 <= ceil(1.5 x 17 / 3)
+        (9, (4, 4), False),  # 10 > 9
+        (12, (6, 6), True),
+        (13, (6, 6), False),
+        (17, (5,), True),  # two deployments: the bound one may carry up to 75 % of the load
+        (18, (5,), False),
+        (50, (), True),  # no peers: its cap is 1.5 x its own load
     ],
 )
 def test_without_max_concurrency_the_bound_is_relative_to_the_peers(
