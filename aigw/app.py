@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,6 +31,7 @@ from aigw.gateway import Gateway
 from aigw.limits import RateLimits
 from aigw.policies.filters import MODEL_AWARE_FILTERS
 from aigw.redaction import redactor_for
+from aigw.reload import LiveParts, Reloader
 from aigw.routing.context import ContextBuilder
 from aigw.routing.history import FleetHistory
 from aigw.routing.recorder import SignalRecorder
@@ -84,12 +85,15 @@ def create_app(
     access_log: bool = False,
     tracer_provider: TracerProvider | None = None,
     lifecycle: Lifecycle | None = None,
+    load: Callable[[], GatewayConfig] | None = None,
 ) -> Starlette:
     """The gateway as an ASGI app; nothing runs until its lifespan starts.
 
     ``access_log``: log one line per proxied request (``aigw.access``). ``tracer_provider``:
     where spans go (tests); by default OpenTelemetry's environment decides, off if unset.
     ``lifecycle``: shared with the server that drains it (:class:`~aigw.serving.GatewayServer`).
+    ``load``: reads the config file again, for a reload (SIGHUP, ``POST /admin/reload``; see
+    :mod:`aigw.reload`); None: reloads are refused.
     """
     lifecycle = lifecycle or Lifecycle()
 
@@ -123,8 +127,14 @@ def create_app(
         )
         history = FleetHistory(deployments, loop.time)  # for /dashboard
         traced = [tracing] if tracing is not None else []
-        gateway = build_gateway(config, router, shared, pool, contexts, [metrics, history, *traced])
+
+        def make_gateway(cfg: GatewayConfig, router: Router, contexts: ContextBuilder) -> Gateway:
+            return build_gateway(cfg, router, shared, pool, contexts, [metrics, history, *traced])
+
+        gateway = make_gateway(config, router, contexts)
         logged = [AccessLog()] if access_log else []
+        parts = LiveParts(loop.time, rng, pool, counter, scrape_client, metrics, history, tracing)
+        reloader = Reloader(app, parts, scraper, load, make_gateway)
         app.state.aigw = AppState(
             config=config,
             gateway=gateway,
@@ -134,7 +144,9 @@ def create_app(
             history=history,
             tracing=tracing,
             lifecycle=lifecycle,
+            reload=reloader.reload if reloader.available else None,
         )
+        lifecycle.reload = reloader.reload_logged if reloader.available else None
         log.info(
             "aigw ready: %d models, %d deployments, %s state",
             len(router.models),
@@ -144,7 +156,8 @@ def create_app(
         try:
             yield
         finally:
-            await scraper.stop()
+            lifecycle.reload = None
+            await reloader.scraper.stop()
             await scrape_client.aclose()
             await shared.aclose()
             await counter.aclose()
@@ -169,6 +182,7 @@ def create_app(
                 admin.set_draining,
                 methods=["POST"],
             ),
+            Route("/admin/reload", admin.reload_config, methods=["POST"]),
             *dashboard_routes(),  # GET /dashboard and /admin/dashboard.json; page built once
         ],
         exception_handlers={HTTPException: routes.http_exception},

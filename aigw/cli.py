@@ -113,7 +113,12 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     lifecycle = Lifecycle()
     options = uvicorn.Config(
-        create_app(config, access_log=args.access_log, lifecycle=lifecycle),
+        create_app(
+            config,
+            access_log=args.access_log,
+            lifecycle=lifecycle,
+            load=lambda: load_config(args.config),
+        ),
         host=args.host or config.server.host,
         port=args.port if args.port is not None else config.server.port,
         access_log=False,  # aigw's own access log (above) says more, for proxied requests

@@ -1,4 +1,4 @@
-"""Operator endpoints: live routing signals per deployment, and draining.
+"""Operator endpoints: live routing signals per deployment, draining, config reload.
 
 Behind ``auth.admin_key`` (``Authorization: Bearer <key>``); disabled (403) without one.
 """
@@ -14,13 +14,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from aigw.api.routes import admin_state, error_response
-from aigw.errors import NotFoundError, UnsupportedMediaTypeError
+from aigw.errors import (
+    ConfigError,
+    InvalidRequestError,
+    NotFoundError,
+    UnsupportedMediaTypeError,
+)
 from aigw.fleet.deployment import Deployment
 
 if TYPE_CHECKING:
     pass
 
-__all__ = ["list_deployments", "redact_url", "set_draining"]
+__all__ = ["list_deployments", "redact_url", "reload_config", "set_draining"]
 
 _REDACTED = "redacted"
 
@@ -110,20 +115,27 @@ def _is_json(content_type: str | None) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
+def _not_json(request: Request) -> Response | None:
+    # A cross-origin form or fetch may send text/plain without a CORS preflight; requiring
+    # JSON makes the browser ask first, which this API never grants.
+    if _is_json(request.headers.get("content-type")):
+        return None
+    return error_response(
+        UnsupportedMediaTypeError(
+            "Admin POST requests must send Content-Type: application/json.",
+            code="unsupported_media_type",
+        )
+    )
+
+
 async def set_draining(request: Request) -> Response:
     """POST /admin/deployments/{id}/drain or /undrain: stop or resume new traffic to it."""
     state = admin_state(request)
     if isinstance(state, Response):
         return state
-    # A cross-origin form or fetch may send text/plain without a CORS preflight; requiring
-    # JSON makes the browser ask first, which this API never grants.
-    if not _is_json(request.headers.get("content-type")):
-        return error_response(
-            UnsupportedMediaTypeError(
-                "Admin POST requests must send Content-Type: application/json.",
-                code="unsupported_media_type",
-            )
-        )
+    refused = _not_json(request)
+    if refused is not None:
+        return refused
     deployment = state.gateway.router.deployments.get(request.path_params["deployment"])
     action = request.path_params["action"]
     if deployment is None or action not in ("drain", "undrain"):
@@ -131,3 +143,33 @@ async def set_draining(request: Request) -> Response:
     deployment.state.draining = action == "drain"
     now = asyncio.get_running_loop().time()
     return Response(orjson.dumps(describe(deployment, now)), media_type="application/json")
+
+
+async def reload_config(request: Request) -> Response:
+    """POST /admin/reload: re-read the config file and swap it in (see :mod:`aigw.reload`).
+
+    200 with what changed; 400 ``invalid_config`` with every problem when the file is bad or
+    changes what cannot change live (nothing is changed then), or ``no_config_file`` when the
+    gateway was not started from a file."""
+    state = admin_state(request)
+    if isinstance(state, Response):
+        return state
+    refused = _not_json(request)
+    if refused is not None:
+        return refused
+    if state.reload is None:
+        return error_response(
+            InvalidRequestError(
+                "This gateway was not started from a config file: nothing to reload.",
+                code="no_config_file",
+            )
+        )
+    try:
+        report = await state.reload()
+    except ConfigError as exc:
+        error = InvalidRequestError(
+            "The config was not reloaded: " + "; ".join(exc.problems), code="invalid_config"
+        )
+        body = {**error.to_dict(), "problems": exc.problems}
+        return Response(orjson.dumps(body), status_code=400, media_type="application/json")
+    return Response(orjson.dumps(report.to_dict()), media_type="application/json")

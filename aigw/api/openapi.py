@@ -360,11 +360,16 @@ def _paths() -> Json:
     paths["/readyz"] = _get(
         "readyz",
         "Health",
-        "Readiness: every model has a deployment believed healthy.",
+        "Readiness: every model has a deployment that can take traffic (not ejected, not "
+        "draining), and the gateway is not shutting down.",
         None,
         {
             "200": _ok("Ready.", _json_content(_schema("Ready"))),
-            "503": _ok("Some model has no healthy deployment.", _json_content(_schema("Unready"))),
+            "503": _ok(
+                "Some model has no deployment that can take traffic, or the gateway is "
+                "shutting down.",
+                _json_content({"oneOf": [_schema("Unready"), _schema("Draining")]}),
+            ),
             **_errors("500"),
         },
     )
@@ -428,6 +433,25 @@ def _paths() -> Json:
                     "The deployment, after the change.", _json_content(_schema("Deployment"))
                 ),
                 **_errors("404", "415"),
+                **admin,
+            },
+        }
+    }
+    paths["/admin/reload"] = {
+        "post": {
+            "operationId": "reloadConfig",
+            "tags": ["Admin"],
+            "summary": "Re-read the config file and swap it in without dropping a request.",
+            "description": "Validates first: a bad file, or one that changes `server`, `state` "
+            "or `tokens` (which cannot change live), changes nothing and answers 400 "
+            "`invalid_config` with a `problems` list. Needs `Content-Type: application/json`; "
+            "the body is ignored.",
+            "security": [{"adminKey": []}],
+            "parameters": [_ref("parameters", "RequestId")],
+            "requestBody": {"required": False, "content": _json_content({})},
+            "responses": {
+                "200": _ok("What changed.", _json_content(_schema("Reloaded"))),
+                **_errors("400", "415"),
                 **admin,
             },
         }
@@ -514,6 +538,19 @@ def _own_schemas() -> Json:
         "Ready": _object(
             {"status": {"const": "ready"}, "models": {"type": "array", "items": {"type": "string"}}}
         ),
+        "Reloaded": _object(
+            {
+                "status": {"const": "reloaded"},
+                "models": {"type": "array", "items": {"type": "string"}},
+                "deployments": _object(
+                    {
+                        name: {"type": "array", "items": {"type": "string"}}
+                        for name in ("added", "removed", "kept", "replaced")
+                    }
+                ),
+            }
+        ),
+        "Draining": _object({"status": {"const": "draining"}}),
         "Unready": _object(
             {
                 "status": {"const": "unready"},

@@ -176,6 +176,12 @@ class FleetHistory:
         self._clock = clock
         self._rings: dict[str, _Ring] = {d.id: _Ring() for d in deployments}
 
+    def retain(self, deployments: Iterable[Deployment]) -> None:
+        """After a config reload: keep the rings of these deployments (a new one starts
+        empty), forget the others (their attempts still in flight start a ring again)."""
+        ids = {d.id for d in deployments}
+        self._rings = {i: self._rings.get(i) or _Ring() for i in ids}
+
     def _ring(self, deployment_id: str) -> _Ring:
         """A deployment not known at startup (a test's hand-made one) gets a ring now."""
         ring = self._rings.get(deployment_id)

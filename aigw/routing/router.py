@@ -8,7 +8,7 @@ and tells it about each dispatch.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -64,14 +64,17 @@ class Router:
         clock: Callable[[], float],
         rng: random.Random,
         filters: Sequence[Filter] = (),
+        keep: Mapping[str, DeploymentState] | None = None,
     ) -> None:
+        """``keep``: live state to carry over, by deployment id (a config reload's
+        deployments that stay); every other deployment starts with fresh state."""
         self.health = OutlierDetector(config.health, clock)
         self._clock = clock
         self._filters = tuple(filters)
         routing = config.routing
         self._stale_after = routing.scrape_interval * routing.stale_after_intervals
         self.models: dict[str, ModelRoute] = {
-            m.name: _build_route(m, routing, rng) for m in config.models
+            m.name: _build_route(m, routing, rng, keep or {}) for m in config.models
         }
         self.deployments: dict[str, Deployment] = {
             d.id: d for route in self.models.values() for d in route.deployments
@@ -137,7 +140,10 @@ class Router:
 
 
 def build_deployment(
-    config: DeploymentConfig, model: str, prefix_capacity: int = 16384
+    config: DeploymentConfig,
+    model: str,
+    prefix_capacity: int = 16384,
+    state: DeploymentState | None = None,
 ) -> Deployment:
     """One deployment of public model ``model``, with everything fixed built once."""
     return Deployment(
@@ -150,13 +156,18 @@ def build_deployment(
         timeout=aiohttp.ClientTimeout(
             total=config.timeouts.total, sock_connect=config.timeouts.connect
         ),
-        state=DeploymentState(prefixes=PrefixLRU(prefix_capacity)),
+        state=state if state is not None else DeploymentState(prefixes=PrefixLRU(prefix_capacity)),
     )
 
 
-def _build_route(model: ModelConfig, routing: RoutingConfig, rng: random.Random) -> ModelRoute:
+def _build_route(
+    model: ModelConfig,
+    routing: RoutingConfig,
+    rng: random.Random,
+    keep: Mapping[str, DeploymentState],
+) -> ModelRoute:
     deployments = tuple(
-        build_deployment(dep, model.name, routing.prefix_blocks_per_deployment)
+        build_deployment(dep, model.name, routing.prefix_blocks_per_deployment, keep.get(dep.id))
         for dep in model.deployments
     )
     windows = [d.context_window for d in model.deployments if d.context_window is not None]

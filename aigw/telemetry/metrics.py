@@ -158,7 +158,14 @@ class GatewayMetrics:
                 registry=r,
             )
         )
-        r.register(_StateCollector(deployments, queue_depth, clock, redis))
+        self._state = _StateCollector(deployments, queue_depth, clock, redis)
+        r.register(self._state)
+
+    def set_fleet(self, deployments: Sequence[Deployment], policies: Mapping[str, str]) -> None:
+        """After a config reload: the gauges read these deployments, labels use these
+        policies. Counters keep their values (a removed deployment's series stay, frozen)."""
+        self._policies = dict(policies)
+        self._state.set_fleet(deployments)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -224,12 +231,17 @@ class _StateCollector(Collector):
         clock: Callable[[], float],
         redis: Any | None,
     ) -> None:
-        self._deployments = tuple(deployments)
-        self._models = sorted({d.model for d in deployments})
+        self._deployments: tuple[Deployment, ...] = ()
+        self._models: list[str] = []
+        self.set_fleet(deployments)
         self._queue_depth = queue_depth
         self._clock = clock
         self._redis = redis
         self._capacity: dict[str, float] = {}  # last capacity estimate per deployment
+
+    def set_fleet(self, deployments: Sequence[Deployment]) -> None:
+        self._deployments = tuple(deployments)
+        self._models = sorted({d.model for d in deployments})
 
     def describe(self) -> Iterable[Metric]:
         return []  # unchecked: the families are built per scrape

@@ -119,6 +119,10 @@ class Tracing:
         self._clock = clock
         self._policies = dict(policies)
 
+    def set_policies(self, policies: Mapping[str, str]) -> None:
+        """After a config reload: each model's policy name, for the attempt spans."""
+        self._policies = dict(policies)
+
     def _wall_ns(self, loop_time: float) -> int:
         return time.time_ns() - int((self._clock() - loop_time) * 1e9)
 
