@@ -35,6 +35,7 @@ from aigw.reload import LiveParts, Reloader
 from aigw.routing.context import ContextBuilder
 from aigw.routing.history import FleetHistory
 from aigw.routing.recorder import SignalRecorder
+from aigw.routing.retries import RetryPolicy
 from aigw.routing.router import Router
 from aigw.routing.scraper import MetricsScraper
 from aigw.serving import Lifecycle
@@ -59,10 +60,12 @@ def build_gateway(
     transport: Transport,
     contexts: ContextBuilder,
     observers: Sequence[AttemptObserver] = (),
+    rng: random.Random | None = None,
 ) -> Gateway:
     """The request pipeline from its parts (the tests build it too, with a mock transport).
 
-    ``observers`` listen to every attempt after the routing signals and health do."""
+    ``observers`` listen to every attempt after the routing signals and health do; ``rng``
+    draws the retries' backoff jitter."""
     return Gateway(
         auth=Authenticator.from_config(config.auth),
         limits=RateLimits(shared.limiter, config),
@@ -71,7 +74,9 @@ def build_gateway(
         transport=transport,
         contexts=contexts,
         observers=Observers([SignalRecorder(), router.health, *observers]),
-        max_attempts=config.retry.max_attempts,
+        retry=RetryPolicy(
+            config.retry, [m.name for m in config.models], time.monotonic, rng or random.Random()
+        ),
         max_reply_bytes=config.server.max_upstream_reply_bytes,
         redactor=redactor_for(config),
         sessions=shared.sessions,

@@ -28,6 +28,7 @@ __all__ = [
     "KeyConfig",
     "ModelConfig",
     "QueueConfig",
+    "RetryConfig",
     "ServerConfig",
     "StateConfig",
     "StickyConfig",
@@ -303,8 +304,35 @@ class HealthConfig(_Strict):
 
 
 class RetryConfig(_Strict):
+    """Failover between deployments (README: Failover and streaming; aigw/routing/retries.py).
+
+    Retries of a model are at most ``budget_ratio`` of its requests over the last
+    ``budget_window_s`` seconds, per gateway process, plus up to ``budget_min_concurrent``
+    more while fewer than that many requests are retrying at once (so a quiet gateway still
+    fails over). The first retry is immediate; later ones wait a
+    random time up to ``backoff_base_s * 2**(n-2)`` (capped at ``backoff_max_s``).
+    ``deadline_s`` bounds a request from its first routing decision to its reply (the first
+    byte, for streams): queue waits, attempts and backoff included; past it the client gets
+    504 ``request_deadline_exceeded``.
+    """
+
     # Deployments tried per request (first try included) before moving to fallbacks.
-    max_attempts: int = Field(3, gt=0)
+    max_attempts: int = Field(3, gt=0, le=100)
+    backoff_base_s: float = Field(0.025, ge=0, le=60)
+    backoff_max_s: float = Field(1.0, ge=0, le=300)
+    budget_ratio: float = Field(0.2, ge=0, le=10)
+    budget_min_concurrent: int = Field(3, ge=0, le=100_000)
+    budget_window_s: float = Field(10.0, gt=0, le=3600)
+    deadline_s: float = Field(600.0, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> RetryConfig:
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError(
+                f"backoff_max_s ({self.backoff_max_s:g}) must be at least backoff_base_s "
+                f"({self.backoff_base_s:g})"
+            )
+        return self
 
 
 class MetricsConfig(_Strict):

@@ -20,6 +20,7 @@ Tree::
     ├── UpstreamStatusError        the upstream's own 4xx/5xx, passed through with its message
     ├── UpstreamConnectionError    502  upstream unreachable or broke the protocol
     ├── UpstreamTimeoutError       504  connect / first byte / idle gap / total timeout
+    ├── DeadlineExceededError      504  the request's own deadline (retry.deadline_s) passed
     └── ServiceUnavailableError    503  no deployment could serve the request
 
 ``retryable`` tells the gateway whether another deployment may be tried: only failures that
@@ -30,9 +31,12 @@ happened before the client received a byte, and that are not the client's fault,
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
     "AuthenticationError",
     "ConfigError",
+    "DeadlineExceededError",
     "GatewayError",
     "InvalidRequestError",
     "MethodNotAllowedError",
@@ -127,6 +131,8 @@ class UpstreamStatusError(GatewayError):
 
     5xx, 429 and 408 from an upstream are retryable on another deployment; other 4xx are the
     request's fault (context too long, bad parameter) and are passed through at once.
+    ``retry_after_s``: how long the upstream asked us to wait (its ``Retry-After``), relayed
+    to the client as ``Retry-After`` in whole seconds.
     """
 
     def __init__(
@@ -142,6 +148,12 @@ class UpstreamStatusError(GatewayError):
         self.status = status
         self.type = type or _type_for_status(status)
         self.retryable = status >= 500 or status in (408, 429)
+        self.retry_after_s: float | None = None
+
+    def set_retry_after(self, seconds: float) -> None:
+        """The upstream asked for ``seconds`` of quiet; the client is told in whole seconds."""
+        self.retry_after_s = seconds
+        self.headers["Retry-After"] = str(max(1, math.ceil(seconds)))
 
 
 class UpstreamConnectionError(GatewayError):
@@ -154,6 +166,13 @@ class UpstreamTimeoutError(GatewayError):
     status = 504
     type = "timeout"
     retryable = True
+
+
+class DeadlineExceededError(GatewayError):
+    """The request's overall deadline passed (queueing, attempts and backoff together)."""
+
+    status = 504
+    type = "timeout"
 
 
 class ServiceUnavailableError(GatewayError):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from aigw.admission import Admission
 from aigw.auth import Authenticator
 from aigw.config import ServerConfig
 from aigw.errors import (
+    DeadlineExceededError,
     GatewayError,
     InvalidRequestError,
     NotFoundError,
@@ -49,7 +51,8 @@ from aigw.limits import Booking, DeploymentQuotaSpent, RateLimits
 from aigw.providers import StreamTranslator
 from aigw.redaction import Redactor
 from aigw.routing.context import ContextBuilder
-from aigw.routing.router import ModelRoute, Router
+from aigw.routing.retries import Failover, RetryPolicy, exhausted_error, parse_retry_after
+from aigw.routing.router import ModelRoute, Router, Selection
 from aigw.state.base import Lease, Ticket
 from aigw.state.sessions import MemorySessionStore, SessionStore
 from aigw.types import Endpoint, Principal, RequestMeta, RouteContext, Usage
@@ -132,7 +135,7 @@ class Gateway:
         transport: Transport,
         contexts: ContextBuilder,
         observers: Observers,
-        max_attempts: int,
+        retry: RetryPolicy,
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         redactor: Redactor | None = None,
         sessions: SessionStore | None = None,
@@ -144,13 +147,18 @@ class Gateway:
         self._transport = transport
         self._contexts = contexts
         self._observers = observers
-        self._max_attempts = max_attempts
+        self._retry = retry
         self._max_reply_bytes = max_reply_bytes
         self._redact = redactor or Redactor()
         self._sessions = sessions if sessions is not None else MemorySessionStore(time.monotonic)
         # Internal request ids: unique across processes without a uuid per request.
         self._id_prefix = uuid.uuid4().hex[:12] + "-"
         self._ids = itertools.count(1)
+
+    @property
+    def retries(self) -> RetryPolicy:
+        """The retry settings and the models' retry budgets (read by ``/metrics``)."""
+        return self._retry
 
     # --- the journey ---------------------------------------------------------------------
 
@@ -251,21 +259,65 @@ class Gateway:
     async def _attempt_with_failover(
         self, request: _Request, send: Callable[[Attempt], Awaitable[T]]
     ) -> tuple[_Dispatch, T]:
-        """Try deployments until one succeeds; its dispatch stays open for ``_account``."""
-        failures: list[tuple[str, GatewayError]] = []
+        """Try deployments until one succeeds; its dispatch stays open for ``_account``.
+
+        All of it, queue waits and backoff included, runs within the request's deadline
+        (``retry.deadline_s``); past it the attempt in progress is abandoned and the client
+        gets 504 ``request_deadline_exceeded``.
+        """
+        retry = self._retry
+        failover = Failover(retry, request.ctx.model)
+        deadline = asyncio.timeout(retry.deadline_s)
+        try:
+            async with deadline:
+                return await self._failover(request, send, failover, deadline)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise DeadlineExceededError(
+                f"The request did not complete within its deadline of {retry.deadline_s:g} "
+                f"seconds ({failover.attempts} attempts made).",
+                code="request_deadline_exceeded",
+            ) from None
+        finally:
+            failover.close()
+
+    async def _failover(
+        self,
+        request: _Request,
+        send: Callable[[Attempt], Awaitable[T]],
+        failover: Failover,
+        deadline: asyncio.Timeout,
+    ) -> tuple[_Dispatch, T]:
+        """The failover loop. A retry (any try after the first) goes to a deployment in
+        rotation only (no panic mode), must fit the model's retry budget and waits its
+        backoff; a deployment waiting out an upstream's Retry-After is never sent to."""
+        failures = failover.failures
         loop = asyncio.get_running_loop()
-        number = 0
         ticket = request.ticket
         assert ticket is not None
         for route in self.router.chain(request.ctx.model):
             tried: set[str] = set()
-            for _ in range(self._max_attempts):
+            for _ in range(self._retry.max_attempts):
                 selection = self.router.select(route, request.ctx, tried)
                 if selection is None:
                     break
+                if _held_back(selection.chosen, loop.time(), tried, failures):
+                    continue
+                if failover.attempts:
+                    if not self._in_rotation(selection, loop.time()):
+                        break  # the rest are ejected: no retry there (fallbacks may be fine)
+                    delay = failover.retry_delay(loop.time(), deadline.when())
+                    if delay is None:  # retry budget spent, or no time left to wait
+                        raise self._exhausted(request, failures)
+                    if delay:
+                        await asyncio.sleep(delay)
                 lease = await self.admission.lease(ticket, selection.chosen, selection.candidates)
                 deployment = route.deployment(lease.pool.id) or selection.chosen
                 assert deployment is not None
+                if _held_back(deployment, loop.time(), tried, failures):
+                    await lease.release()
+                    continue
                 tried.add(deployment.id)
                 try:
                     quota = await self._charge_upstream_quota(request, deployment)
@@ -276,9 +328,13 @@ class Gateway:
                 except BaseException:  # shared state failed, or the client went away
                     await lease.release()
                     raise
-                number += 1
+                failover.attempts += 1
                 attempt = Attempt(
-                    deployment, request.ctx, number, loop.time(), queued_s=lease.waited_s
+                    deployment,
+                    request.ctx,
+                    failover.attempts,
+                    loop.time(),
+                    queued_s=lease.waited_s,
                 )
                 dispatch = _Dispatch(attempt, lease, quota)
                 self._observers.on_dispatch(attempt)
@@ -291,12 +347,29 @@ class Gateway:
                     log.warning("deployment %s failed: %s", deployment.id, exc.message)
                     failures.append((deployment.id, exc))
                     continue
-                except BaseException:  # cancelled: the client went away
+                except BaseException:  # cancelled: the client went away, or the deadline
                     attempt.abandoned = True
                     await self._settle(dispatch, None)
                     raise
                 return dispatch, result
-        raise _exhausted(request.ctx.model, failures)
+        raise self._exhausted(request, failures)
+
+    def _in_rotation(self, selection: Selection, now: float) -> bool:
+        """Whether the selection's candidates are in rotation (not all ejected: panic)."""
+        first = selection.chosen or selection.candidates[0]
+        return self.router.health.is_available(first.state, now)
+
+    def _exhausted(
+        self, request: _Request, failures: list[tuple[str, GatewayError]]
+    ) -> GatewayError:
+        """The request's error once it may try no more; 503s say when to come back."""
+        now = asyncio.get_running_loop().time()
+        wait = min(
+            max(0.0, d.state.ejected_until - now)
+            for route in self.router.chain(request.ctx.model)
+            for d in route.deployments
+        )
+        return exhausted_error(request.ctx.model, failures, wait)
 
     async def _charge_upstream_quota(
         self, request: _Request, deployment: Deployment
@@ -320,7 +393,8 @@ class Gateway:
                 raise
             response.release()
         if response.status >= 400:
-            raise self._upstream_error(deployment, provider.parse_error(response.status, data))
+            error = provider.parse_error(response.status, data)
+            raise self._upstream_error(deployment, error, response)
         attempt.last_byte_at = asyncio.get_running_loop().time()
         try:
             body, attempt.usage = provider.parse_response(ctx.endpoint, response.status, data)
@@ -345,7 +419,7 @@ class Gateway:
                 try:
                     if response.status >= 400:
                         error = provider.parse_error(response.status, await response.read())
-                        raise self._upstream_error(deployment, error)
+                        raise self._upstream_error(deployment, error, response)
                     first = await _first_output(response, translator, deployment)
                 except BaseException:
                     response.close()
@@ -355,9 +429,12 @@ class Gateway:
         self._observers.on_first_byte(attempt)
         return _Opened(response, translator, first)
 
-    def _upstream_error(self, deployment: Deployment, error: UpstreamStatusError) -> GatewayError:
+    def _upstream_error(
+        self, deployment: Deployment, error: UpstreamStatusError, response: UpstreamResponse
+    ) -> GatewayError:
         """The upstream's error as the client should see it: configured secrets and internal
-        origins scrubbed from its text (an upstream may echo the request's headers).
+        origins scrubbed from its text (an upstream may echo the request's headers), and the
+        ``Retry-After`` of a 429/503 kept (outlier detection honours it too).
 
         A 401/403/407 from an upstream means the *gateway's* credentials for that deployment
         are wrong: not the client's fault, so it is a retryable 502 that counts against the
@@ -375,6 +452,10 @@ class Gateway:
                 code="upstream_auth_failed",
             )
         _scrub(error, self._redact)
+        if error.status in (429, 503):
+            wait = parse_retry_after(response.headers, time.time())
+            if wait is not None:
+                error.set_retry_after(wait)
         return error
 
     # --- 6: account ----------------------------------------------------------------------
@@ -590,26 +671,33 @@ def _quota_spent(spent: DeploymentQuotaSpent) -> RateLimitError:
     )
 
 
-def _exhausted(model: str, failures: list[tuple[str, GatewayError]]) -> GatewayError:
-    if len(failures) == 1:
-        return failures[0][1]
-    if not failures:
-        return ServiceUnavailableError(
-            f"No deployment of model `{model}` can take the request now.",
-            code="no_capacity",
+def _held_back(
+    deployment: Deployment | None,
+    now: float,
+    tried: set[str],
+    failures: list[tuple[str, GatewayError]],
+) -> bool:
+    """Whether ``deployment`` is waiting out its upstream's Retry-After (it is then noted as
+    tried, with a 503 that says how long). Outlier detection ejects such a deployment too,
+    so the router offers it only when every candidate is ejected (panic mode)."""
+    if deployment is None:
+        return False
+    wait = deployment.state.retry_after_until - now
+    if wait <= 0:
+        return False
+    tried.add(deployment.id)
+    failures.append(
+        (
+            deployment.id,
+            ServiceUnavailableError(
+                f"deployment {deployment.id} asked for no requests for {wait:.1f} s more "
+                "(its Retry-After)",
+                code="upstream_retry_after",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            ),
         )
-    if all(isinstance(exc, RateLimitError) for _, exc in failures):
-        soonest = min(int(exc.headers.get("Retry-After", "60")) for _, exc in failures)
-        return RateLimitError(
-            f"Every deployment of model `{model}` has used its configured quota for now.",
-            code="upstream_quota_exhausted",
-            headers={"Retry-After": str(soonest)},
-        )
-    detail = "; ".join(f"{dep}: {exc.message}" for dep, exc in failures)
-    return ServiceUnavailableError(
-        f"All {len(failures)} deployments tried for model `{model}` failed: {detail}",
-        code="all_deployments_failed",
     )
+    return True
 
 
 def _scrub(error: GatewayError, redact: Redactor) -> None:

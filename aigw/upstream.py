@@ -46,6 +46,11 @@ class UpstreamResponse(Protocol):
     @property
     def content(self) -> UpstreamBody: ...
 
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Response headers; names are looked up case-insensitively."""
+        ...
+
     async def read(self) -> bytes:
         """The whole body."""
         ...

@@ -208,3 +208,23 @@ def test_sticky_sessions_settings() -> None:
 def test_sticky_sessions_errors_name_the_field(settings: dict[str, Any], expected: str) -> None:
     [problem] = problems(sticky(**settings))
     assert expected in problem, problem
+
+
+def test_retry_settings_and_their_defaults() -> None:
+    retry = parse_config(minimal()).retry
+    assert (retry.max_attempts, retry.budget_ratio, retry.budget_min_concurrent) == (3, 0.2, 3)
+    assert retry.backoff_base_s <= retry.backoff_max_s and retry.deadline_s == 600
+    raw = minimal()
+    raw["retry"] = {
+        "budget_ratio": -0.1,
+        "budget_window_s": 0,
+        "deadline_s": 0,
+        "backoff_base_s": 2,
+        "backoff_max_s": 1,
+        "max_attempts": 0,
+    }
+    found = "\n".join(problems(raw))
+    for field in ("budget_ratio", "budget_window_s", "deadline_s", "max_attempts"):
+        assert f"retry.{field}" in found
+    raw["retry"] = {"backoff_base_s": 2, "backoff_max_s": 1}
+    assert "backoff_max_s (1) must be at least backoff_base_s (2)" in "\n".join(problems(raw))

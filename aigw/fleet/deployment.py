@@ -35,6 +35,7 @@ class DeploymentState:
     ejections: int = 0  # ejections in the current failure streak (drives back-off)
     ejected_total: int = 0  # ejections ever (for /metrics)
     ejected_until: float = 0.0  # loop time; 0 = not ejected
+    retry_after_until: float = 0.0  # loop time the upstream's Retry-After asked us to wait to
     last_error: str | None = None
     draining: bool = False
     ttft: Ewma = field(default_factory=Ewma)  # seconds to the first streamed byte

@@ -43,8 +43,20 @@ class OutlierDetector:
         state = attempt.deployment.state
         if not error.retryable:
             self.record_success(state)
-        elif not (isinstance(error, UpstreamStatusError) and error.status == 429):
+            return
+        upstream = error if isinstance(error, UpstreamStatusError) else None
+        if upstream is None or upstream.status != 429:
             self.record_failure(state, error.message, self._clock())
+        if upstream is not None and upstream.retry_after_s:
+            self.record_retry_after(state, upstream.retry_after_s, self._clock())
+
+    def record_retry_after(self, state: DeploymentState, seconds: float, now: float) -> None:
+        """The upstream asked for ``seconds`` of quiet (a 429/503's Retry-After, capped at
+        ``max_ejection_seconds``): no request goes to it before then. It is out of rotation
+        like an ejected deployment, without counting as an ejection."""
+        until = now + min(seconds, self._max)
+        state.retry_after_until = max(state.retry_after_until, until)
+        state.ejected_until = max(state.ejected_until, until)
 
     def on_finish(self, attempt: Attempt) -> None:
         pass

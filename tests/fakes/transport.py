@@ -9,11 +9,12 @@ in ``sent``; every response remembers whether it was released or closed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from aigw.fleet.deployment import Deployment
 from aigw.types import UpstreamRequest
@@ -39,10 +40,14 @@ class _Body:
 
 class FakeResponse:
     def __init__(
-        self, status: int = 200, chunks: Iterable[bytes] | AsyncIterator[bytes] = ()
+        self,
+        status: int = 200,
+        chunks: Iterable[bytes] | AsyncIterator[bytes] = (),
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.status = status
         self.content = _Body(chunks)
+        self.headers = CIMultiDictProxy(CIMultiDict(headers or {}))  # like aiohttp's
         self.released = False
         self.closed = False
 
