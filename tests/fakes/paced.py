@@ -64,8 +64,15 @@ class PacedUpstream:
             return
         headers = [(b"content-type", b"text/event-stream")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        for i in range(int(body.get("max_tokens", 1))):
-            await send({"type": "http.response.body", "body": _chunk(f"t{i} "), "more_body": True})
-            await asyncio.sleep(self.tick_s)
+        gone = asyncio.ensure_future(receive())  # http.disconnect: the gateway let go
+        try:
+            for i in range(int(body.get("max_tokens", 1))):
+                chunk = _chunk(f"t{i} ")
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await asyncio.wait([gone], timeout=self.tick_s)
+                if gone.done():
+                    return
+        finally:
+            gone.cancel()
         tail = _chunk(None, "stop") + b"data: [DONE]\n\n"
         await send({"type": "http.response.body", "body": tail, "more_body": False})
