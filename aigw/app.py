@@ -134,7 +134,11 @@ def create_app(
         traced = [tracing] if tracing is not None else []
 
         def make_gateway(cfg: GatewayConfig, router: Router, contexts: ContextBuilder) -> Gateway:
-            return build_gateway(cfg, router, shared, pool, contexts, [metrics, history, *traced])
+            gateway = build_gateway(
+                cfg, router, shared, pool, contexts, [metrics, history, *traced]
+            )
+            metrics.watch_retries(gateway.retries.exhausted)  # a reload swaps it in at once
+            return gateway
 
         gateway = make_gateway(config, router, contexts)
         logged = [AccessLog()] if access_log else []

@@ -167,6 +167,16 @@ class GatewayMetrics:
         self._policies = dict(policies)
         self._state.set_fleet(deployments)
 
+    def watch_retries(self, exhausted: Callable[[], Mapping[str, int]]) -> None:
+        """Read the retries the retry budget refused, per model, at scrape time, from the
+        gateway serving now (a reload calls this with the new one; the old one's counts are
+        kept, so the counter never goes back)."""
+        state = self._state
+        if state.retries_exhausted is not None:
+            for model, count in state.retries_exhausted().items():
+                state.retries_before[model] = state.retries_before.get(model, 0) + count
+        state.retries_exhausted = exhausted
+
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
@@ -238,6 +248,8 @@ class _StateCollector(Collector):
         self._clock = clock
         self._redis = redis
         self._capacity: dict[str, float] = {}  # last capacity estimate per deployment
+        self.retries_exhausted: Callable[[], Mapping[str, int]] | None = None
+        self.retries_before: dict[str, int] = {}  # refused by gateways a reload replaced
 
     def set_fleet(self, deployments: Sequence[Deployment]) -> None:
         self._deployments = tuple(deployments)
@@ -251,6 +263,19 @@ class _StateCollector(Collector):
         yield from self._saturation()
         yield from self._fleet()
         yield from self._engines()
+        if self.retries_exhausted is not None:
+            refused = CounterMetricFamily(
+                "aigw_retry_budget_exhausted",
+                "Retries not made because the model's retry budget was spent (the request "
+                "failed with its last error instead).",
+                labels=["model"],
+            )
+            counts = dict(self.retries_before)
+            for model, count in self.retries_exhausted().items():
+                counts[model] = counts.get(model, 0) + count
+            for model, count in sorted(counts.items()):
+                refused.add_metric([model], count)
+            yield refused
         if self._redis is not None:
             up = GaugeMetricFamily("aigw_redis_up", "Whether the shared Redis is reachable.")
             up.add_metric([], 0.0 if self._redis.down else 1.0)

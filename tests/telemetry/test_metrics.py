@@ -144,3 +144,26 @@ def test_metrics_can_require_the_admin_key(start_backend: Start, start_gateway: 
     )
     assert httpx.get(f"{gateway.url}/metrics").status_code == 401
     assert "aigw_queue_depth" in str(samples(gateway, {"authorization": f"Bearer {ADMIN}"}))
+
+
+def test_retry_budget_exhaustion_is_read_at_scrape_and_survives_a_reload() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from aigw.telemetry.metrics import GatewayMetrics
+
+    def refused(metrics: GatewayMetrics) -> dict[str, float]:
+        return {
+            s.labels["model"]: s.value
+            for family in text_string_to_metric_families(metrics.render().decode())
+            for s in family.samples
+            if s.name == "aigw_retry_budget_exhausted_total"
+        }
+
+    metrics = GatewayMetrics([], {}, lambda model: 0, lambda: 0.0)
+    assert refused(metrics) == {}
+    first = {"m": 2}
+    metrics.watch_retries(lambda: first)
+    first["m"] = 3  # read when scraped, not when watched
+    assert refused(metrics) == {"m": 3.0}
+    metrics.watch_retries(lambda: {"m": 1, "n": 4})  # a reload's new gateway
+    assert refused(metrics) == {"m": 4.0, "n": 4.0}
