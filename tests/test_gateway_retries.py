@@ -152,7 +152,7 @@ async def test_an_upstream_retry_after_is_relayed_and_honoured(make: Any) -> Non
     # The only deployment asked for 2 s of quiet: the next request is not sent to it.
     error = await gw.error()
     assert gw.sent() == ["a"]
-    assert error.status == 503 and error.code == "no_healthy_deployment"
+    assert error.status == 503 and error.code == "upstream_retry_after"
     assert error.headers["Retry-After"] == "2"
 
 
@@ -350,3 +350,16 @@ async def test_a_request_that_fails_everywhere_is_charged_nothing(make: Any) -> 
     assert "Retry-After" in error.headers
     assert sorted(gw.sent()[:2]) == ["a", "b"] and gw.sent()[2:] == ["fallback"]
     assert [await gw.remaining(q) for q in quotas] == before
+
+
+async def test_a_stream_refused_with_retry_after_relays_it(make: Any) -> None:
+    def handler(deployment: Any, request: UpstreamRequest) -> FakeResponse:
+        return FakeResponse(503, [FAIL], {"Retry-After": "3"})
+
+    gw = await make(handler, [dep("a")])
+    body = {**BODY, "stream": True}
+    with pytest.raises(UpstreamStatusError) as info:
+        await gw.gateway.open_stream(gw.principal, Endpoint.CHAT, body, gw.meta)
+    assert info.value.status == 503 and info.value.headers["Retry-After"] == "3"
+    state = gw.gateway.router.deployments["a"].state
+    assert state.retry_after_until > asyncio.get_running_loop().time() + 2

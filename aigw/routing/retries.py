@@ -246,9 +246,9 @@ def exhausted_error(
     ``wait_s``: seconds until the soonest deployment of the model (or a fallback) is
     available again, 0 when one is now. The 503s made here say when to come back in
     ``Retry-After``. One failure is returned as it is (the upstream's own error), unless
-    every deployment is out of rotation now (ejected, or waiting out a Retry-After): then it
-    is a 503 ``no_healthy_deployment`` naming it, so that clients back off rather than
-    retry at once.
+    every deployment is out of rotation now (ejected, or waiting out a Retry-After) and the
+    error does not say when to come back: then it is a 503 ``no_healthy_deployment`` naming
+    it, with a ``Retry-After``, so that clients back off rather than retry at once.
     """
     retry_after = {"Retry-After": str(max(1, math.ceil(wait_s)))}
     if not failures:
@@ -259,8 +259,8 @@ def exhausted_error(
         )
     if len(failures) == 1:
         deployment, error = failures[0]
-        if wait_s <= 0 or error.status < 500:
-            return error  # the upstream's own answer (a 429 keeps its Retry-After)
+        if wait_s <= 0 or error.status < 500 or "Retry-After" in error.headers:
+            return error  # the upstream's own answer, which says when to come back if needed
         return ServiceUnavailableError(
             f"No deployment of model `{model}` is healthy now; the last one tried, "
             f"{deployment}, failed: {error.message}",
