@@ -315,7 +315,9 @@ class Gateway:
                 lease = await self.admission.lease(ticket, selection.chosen, selection.candidates)
                 deployment = route.deployment(lease.pool.id) or selection.chosen
                 assert deployment is not None
-                if _held_back(deployment, loop.time(), tried, failures):
+                if deployment is not selection.chosen and _held_back(
+                    deployment, loop.time(), tried, failures
+                ):
                     await lease.release()
                     continue
                 tried.add(deployment.id)
