@@ -30,8 +30,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import orjson
-
 from aigw.admission import Admission
 from aigw.auth import Authenticator
 from aigw.config import ServerConfig
@@ -48,14 +46,14 @@ from aigw.errors import (
 from aigw.fleet.attempt import Attempt, Observers
 from aigw.fleet.deployment import Deployment
 from aigw.limits import Booking, DeploymentQuotaSpent, RateLimits
-from aigw.providers import StreamTranslator
 from aigw.redaction import Redactor
+from aigw.relay import Opened, Redacting, UpstreamStream, first_output, read_reply, scrub
 from aigw.routing.context import ContextBuilder
 from aigw.routing.retries import Failover, RetryPolicy, exhausted_error, parse_retry_after
 from aigw.routing.router import ModelRoute, Router, Selection
 from aigw.state.base import Lease, Ticket
 from aigw.state.sessions import MemorySessionStore, SessionStore
-from aigw.types import Endpoint, Principal, RequestMeta, RouteContext, Usage
+from aigw.types import Endpoint, Principal, RequestMeta, RouteContext
 from aigw.upstream import Transport, UpstreamResponse
 
 __all__ = ["Gateway", "Reply", "UpstreamStream"]
@@ -81,15 +79,6 @@ class Reply:
     headers: list[tuple[bytes, bytes]]
     account: Callable[[], Awaitable[None]]
     attempt: Attempt  # the try that answered
-
-
-@dataclass(frozen=True, slots=True)
-class _Opened:
-    """A stream whose first translated bytes exist (so the attempt can no longer fail over)."""
-
-    response: UpstreamResponse
-    translator: StreamTranslator
-    first: bytes
 
 
 class _Request:
@@ -389,7 +378,7 @@ class Gateway:
         with self._transport.errors(deployment, "waiting for the reply"):
             response = await self._transport.post(deployment, upstream, ctx.request_id)
             try:
-                data = await _read_reply(response, self._max_reply_bytes, deployment)
+                data = await read_reply(response, self._max_reply_bytes, deployment)
             except BaseException:
                 response.close()  # a reply over the cap (or cut short): abort, never pool
                 raise
@@ -406,14 +395,14 @@ class Gateway:
             ) from exc
         return self._redact.data(body)
 
-    async def _open_stream(self, attempt: Attempt) -> _Opened:
+    async def _open_stream(self, attempt: Attempt) -> Opened:
         deployment = attempt.deployment
         provider = deployment.provider
         ctx = attempt.ctx
         upstream = provider.build_request(ctx.endpoint, ctx.body)
         translator = provider.stream_translator(ctx.endpoint, ctx.body)
         if self._redact:
-            translator = _Redacting(translator, self._redact)
+            translator = Redacting(translator, self._redact)
         attempt.engine_queued = _engine_queue(deployment)
         with self._transport.errors(deployment, "waiting for the first byte"):
             async with asyncio.timeout(deployment.config.timeouts.first_byte):
@@ -422,14 +411,14 @@ class Gateway:
                     if response.status >= 400:
                         error = provider.parse_error(response.status, await response.read())
                         raise self._upstream_error(deployment, error, response)
-                    first = await _first_output(response, translator, deployment)
+                    first = await first_output(response, translator, deployment)
                 except BaseException:
                     response.close()
                     raise
         attempt.first_byte_at = attempt.last_byte_at = asyncio.get_running_loop().time()
         attempt.relayed_events = first.count(b"data:")
         self._observers.on_first_byte(attempt)
-        return _Opened(response, translator, first)
+        return Opened(response, translator, first)
 
     def _upstream_error(
         self, deployment: Deployment, error: UpstreamStatusError, response: UpstreamResponse
@@ -453,7 +442,7 @@ class Gateway:
                 f"(HTTP {error.status}); check its api_key",
                 code="upstream_auth_failed",
             )
-        _scrub(error, self._redact)
+        scrub(error, self._redact)
         if error.status in (429, 503):
             wait = parse_retry_after(response.headers, time.time())
             if wait is not None:
@@ -537,133 +526,6 @@ def _engine_queue(deployment: Deployment) -> bool:
     return engine.waiting + max(0, deployment.state.in_flight - engine.in_flight_at_scrape) > 1
 
 
-async def _read_reply(response: UpstreamResponse, limit: int, deployment: Deployment) -> bytes:
-    """The whole body of a non-streamed reply, refused once over ``limit`` bytes.
-
-    Counted as read: the transport decompresses (aiohttp's auto_decompress), so the limit
-    holds for what a small gzip body expands to, and nothing over it is ever buffered.
-    """
-    content = response.content
-    parts: list[bytes] = []
-    size = 0
-    while chunk := await content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise UpstreamConnectionError(
-                f"deployment {deployment.id} sent a reply over {limit} bytes",
-                code="upstream_reply_too_large",
-            )
-        parts.append(chunk)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-async def _first_output(
-    response: UpstreamResponse, translator: StreamTranslator, deployment: Deployment
-) -> bytes:
-    content = response.content
-    while True:
-        chunk = await content.readany()
-        if not chunk:
-            tail = translator.finish()
-            if tail:
-                return tail
-            raise UpstreamConnectionError(
-                f"deployment {deployment.id} closed the stream before sending any data",
-                code="upstream_error",
-            )
-        out = translator.feed(chunk)
-        if out:
-            return out
-
-
-class UpstreamStream:
-    """An upstream stream whose first output is ready; ``relay`` sends it all to the client."""
-
-    def __init__(
-        self,
-        attempt: Attempt,
-        opened: _Opened,
-        transport: Transport,
-        observers: Observers,
-        account: Callable[[GatewayError | None], Awaitable[None]],
-        headers: list[tuple[bytes, bytes]],
-    ) -> None:
-        self.deployment = attempt.deployment
-        self.headers = headers
-        self.attempt = attempt
-        self._opened = opened
-        self._transport = transport
-        self._account = account
-        self._accounted = False
-
-    async def relay(self, send: Send) -> str | None:
-        """Send every chunk as it arrives; end with an error event if the upstream breaks
-        (its error code is returned; None when the stream ended well).
-
-        Always accounts for the request (slot released, usage reconciled), also when cancelled
-        (client disconnect): closing the response aborts the upstream request at once.
-        """
-        attempt = self.attempt
-        deployment = attempt.deployment
-        idle = deployment.config.timeouts.idle
-        loop = asyncio.get_running_loop()
-        response = self._opened.response
-        content = response.content
-        translator = self._opened.translator
-        finished = False
-        error: GatewayError | None = None
-        events = attempt.relayed_events
-        try:
-            await send(self._opened.first)
-            try:
-                with self._transport.errors(deployment, "streaming"):
-                    async with asyncio.timeout(None) as deadline:
-                        while True:
-                            # The idle deadline covers the upstream only: a slow client is
-                            # not the deployment's fault.
-                            deadline.reschedule(loop.time() + idle)
-                            chunk = await content.readany()
-                            deadline.reschedule(None)
-                            if not chunk:
-                                break
-                            out = translator.feed(chunk)
-                            if out:
-                                events += out.count(b"data:")
-                                attempt.last_byte_at = loop.time()
-                                await send(out)
-                    tail = translator.finish()
-                    if tail:
-                        await send(tail)
-                    finished = True
-            except GatewayError as exc:
-                error = exc
-                log.warning("stream from %s broke: %s", deployment.id, exc.message)
-                await send(b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n")
-        finally:
-            # A finished response goes back to the keep-alive pool; anything else (client
-            # gone, upstream broken) closes the connection, which aborts the upstream request.
-            attempt.relayed_events = events
-            if finished:
-                response.release()
-                attempt.usage = translator.usage
-            else:
-                response.close()
-            attempt.abandoned = error is None and not finished
-            await self._settle(error)
-        return error.code if error is not None else None
-
-    async def _settle(self, error: GatewayError | None) -> None:
-        if not self._accounted:
-            self._accounted = True
-            await self._account(error)
-
-    async def close(self) -> None:
-        """Give up on a stream that will not be relayed."""
-        self._opened.response.close()
-        self.attempt.abandoned = True
-        await self._settle(None)
-
-
 def _quota_spent(spent: DeploymentQuotaSpent) -> RateLimitError:
     retry = max(1, int((spent.retry_after_s or 60) + 0.999))
     return RateLimitError(
@@ -700,40 +562,3 @@ def _held_back(
         )
     )
     return True
-
-
-def _scrub(error: GatewayError, redact: Redactor) -> None:
-    """Scrub the upstream-supplied parts of ``error`` in place."""
-    error.message = redact.text(error.message)
-    if error.param is not None:
-        error.param = redact.text(error.param)
-    if error.code is not None:
-        error.code = redact.text(error.code)
-
-
-class _Redacting:
-    """A stream translator whose output and in-stream errors pass through a Redactor."""
-
-    __slots__ = ("_inner", "_redact")
-
-    def __init__(self, inner: StreamTranslator, redact: Redactor) -> None:
-        self._inner = inner
-        self._redact = redact
-
-    def feed(self, chunk: bytes) -> bytes:
-        try:
-            return self._redact.data(self._inner.feed(chunk))
-        except GatewayError as exc:
-            _scrub(exc, self._redact)
-            raise
-
-    def finish(self) -> bytes:
-        try:
-            return self._redact.data(self._inner.finish())
-        except GatewayError as exc:
-            _scrub(exc, self._redact)
-            raise
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._inner.usage
