@@ -22,11 +22,13 @@ from pydantic import (
 
 __all__ = [
     "AuthConfig",
+    "DemotionConfig",
     "DeploymentConfig",
     "GatewayConfig",
     "HealthConfig",
     "KeyConfig",
     "ModelConfig",
+    "ProbeConfig",
     "QueueConfig",
     "RetryConfig",
     "ServerConfig",
@@ -117,6 +119,31 @@ class CostConfig(_Strict):
     output_per_mtok: float = Field(0.0, ge=0)
 
 
+class ProbeConfig(_Strict):
+    """Active health probe of one deployment (:mod:`aigw.routing.probes`), HAProxy-like.
+
+    ``GET {origin of base_url}{path}`` every ``interval_s`` (jittered); an answer other than
+    2xx within ``timeout_s`` is a failure. ``fall`` consecutive failures mark the deployment
+    down (out of rotation like an ejected one), ``rise`` consecutive successes mark it up
+    again (then it ramps up over ``health.slow_start_s``). ``enabled: false`` turns the
+    probe off (a GPU deployment is probed by default; a cloud one only when ``path`` is set).
+    """
+
+    enabled: bool = True
+    path: str = "/health"
+    interval_s: float = Field(2.0, ge=0.05, le=3600)
+    timeout_s: float = Field(1.0, gt=0, le=60)
+    rise: int = Field(2, ge=1, le=100)
+    fall: int = Field(3, ge=1, le=100)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"expected a path starting with / such as /health (got {value!r})")
+        return value
+
+
 class DeploymentConfig(_Strict):
     id: str = Field(min_length=1)
     provider: str = "openai"
@@ -138,10 +165,23 @@ class DeploymentConfig(_Strict):
     tags: list[str] = Field(default_factory=list)
     lora_adapters: list[str] = Field(default_factory=list)  # adapters it can load on demand
     cost: CostConfig = Field(default_factory=lambda: CostConfig())
+    health: ProbeConfig | None = None  # active probe; default: on for gpu, off for cloud
 
     @property
     def is_cloud(self) -> bool:
         return self.kind == "cloud" if self.kind is not None else self.metrics_url is None
+
+    @property
+    def probe(self) -> ProbeConfig | None:
+        """The active probe this deployment gets, or None (passive health only): a GPU
+        deployment is probed unless ``health.enabled`` is false; a cloud one only when its
+        ``health`` names a ``path`` (probing a provider's API costs requests and quota)."""
+        probe = self.health
+        if probe is None:
+            return None if self.is_cloud else ProbeConfig()
+        if not probe.enabled or (self.is_cloud and "path" not in probe.model_fields_set):
+            return None
+        return probe
 
     @field_validator("provider")
     @classmethod
@@ -230,6 +270,14 @@ class ModelConfig(_Strict):
     spillover: SpilloverConfig = Field(default_factory=lambda: SpilloverConfig())
     adapter: str | None = None  # LoRA adapter this model's requests need on the engine
     sticky: StickyConfig | None = None  # conversation -> deployment affinity; None: off
+    # Models (in order) for a request too long for every deployment of this one: the first
+    # whose deployments' context windows hold it serves it (README: Failover and streaming).
+    context_fallbacks: list[str] = Field(default_factory=list)
+    # Continuation failover: a stream whose upstream breaks mid-way goes on on another
+    # deployment of this model, from the text already sent (aigw/resume.py); at most
+    # `max_stream_resumes` times per request, and only while the retry budget allows.
+    stream_resume: bool = False
+    max_stream_resumes: int = Field(1, ge=1, le=10)
 
     # A preset name or {name, weights, picker, ...}; checked against the policy tables by
     # aigw.configfile (policies import this schema, so it cannot import them).
@@ -295,12 +343,43 @@ class RoutingConfig(_Strict):
     prefix_blocks_per_deployment: int = Field(16384, gt=0)  # LRU bound of remembered blocks
 
 
+class DemotionConfig(_Strict):
+    """Predictive demotion: down-weight a deployment that trends worse than its peers before
+    it fails outright (:func:`aigw.routing.health.demotion`).
+
+    Peers: the model's other deployments of the same kind (gpu or cloud) with at least
+    ``min_samples`` observations. Latency: its time-to-first-byte EWMA over ``latency_ratio``
+    x the peers' median divides its share by how far past that it is. Errors: its error-rate
+    EWMA ``error_margin`` above the peers' median takes that excess off its share. The share
+    never goes below ``min_share`` (it keeps some traffic, so it can show it recovered).
+    """
+
+    enabled: bool = True
+    latency_ratio: float = Field(2.0, gt=1)
+    error_margin: float = Field(0.1, gt=0, le=1)
+    min_samples: int = Field(5, ge=1)
+    min_share: float = Field(0.1, gt=0, le=1)
+
+
 class HealthConfig(_Strict):
-    """Passive outlier detection: eject a deployment after consecutive failures."""
+    """Passive outlier detection (eject a deployment after consecutive failures), what a
+    recovered one goes through, predictive demotion, and how often shared health is read.
+
+    At most ``max_ejection_percent`` of a model's deployments are ejected at once (Envoy's
+    max_ejection_percent; at least one may always be), unless none of the rest is answering
+    either. A deployment back from an ejection or a probe-down ramps its share of traffic
+    from 10% to 100% over ``slow_start_s``. ``sync_interval_s``: how often the health task
+    re-evaluates demotion and (with ``state.backend: redis``) reads the ejections other
+    instances shared. Active probes are per deployment (``deployments[].health``).
+    """
 
     consecutive_failures: int = Field(3, gt=0)
     base_ejection_seconds: PositiveFloat = 5.0
     max_ejection_seconds: PositiveFloat = 120.0
+    max_ejection_percent: float = Field(50.0, ge=0, le=100)
+    slow_start_s: float = Field(30.0, ge=0, le=3600)
+    sync_interval_s: float = Field(2.0, ge=0.05, le=60)
+    demotion: DemotionConfig = Field(default_factory=lambda: DemotionConfig())
 
 
 class RetryConfig(_Strict):
@@ -374,16 +453,17 @@ class GatewayConfig(_Strict):
                         f"across models (got {dep.id!r} twice)"
                     )
                 ids.add(dep.id)
-            for k, fallback in enumerate(model.fallbacks):
-                if fallback not in seen:
-                    problems.append(
-                        f"models[{i}].fallbacks[{k}]: expected the name of a configured model "
-                        f"(got {fallback!r})"
-                    )
-                elif fallback == model.name:
-                    problems.append(
-                        f"models[{i}].fallbacks[{k}]: a model cannot fall back to itself"
-                    )
+            for field in ("fallbacks", "context_fallbacks"):
+                for k, fallback in enumerate(getattr(model, field)):
+                    if fallback not in seen:
+                        problems.append(
+                            f"models[{i}].{field}[{k}]: expected the name of a configured "
+                            f"model (got {fallback!r})"
+                        )
+                    elif fallback == model.name:
+                        problems.append(
+                            f"models[{i}].{field}[{k}]: a model cannot fall back to itself"
+                        )
         problems.extend(_key_problems(self.auth.keys, seen))
         if problems:
             raise ValueError("; ".join(problems))

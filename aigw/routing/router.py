@@ -20,7 +20,7 @@ from aigw.fleet.prefix import PrefixLRU
 from aigw.policies import Policy, make_policy
 from aigw.policies.base import Filter
 from aigw.providers import make_provider
-from aigw.routing.health import OutlierDetector
+from aigw.routing.health import OutlierDetector, share
 from aigw.routing.sticky import Stickiness, keep_bound
 from aigw.types import Endpoint, RouteContext
 
@@ -68,7 +68,6 @@ class Router:
     ) -> None:
         """``keep``: live state to carry over, by deployment id (a config reload's
         deployments that stay); every other deployment starts with fresh state."""
-        self.health = OutlierDetector(config.health, clock)
         self._clock = clock
         self._filters = tuple(filters)
         routing = config.routing
@@ -79,6 +78,10 @@ class Router:
         self.deployments: dict[str, Deployment] = {
             d.id: d for route in self.models.values() for d in route.deployments
         }
+        peers = {name: tuple(d.state for d in r.deployments) for name, r in self.models.items()}
+        self.health = OutlierDetector(config.health, clock, peers)
+        self._slow_start_s = config.health.slow_start_s
+        self._thin_rng = random.Random(rng.random())  # drawn last: policies' seeds unchanged
 
     def chain(self, model: str) -> Iterator[ModelRoute]:
         """The requested model's route, then its fallbacks' routes, in order."""
@@ -125,12 +128,32 @@ class Router:
             if bound is not None and self.health.is_available(bound.state, now):
                 return Selection(bound, healthy)
         free = [d for d in healthy if not d.at_capacity]
+        if len(free) > 1:
+            free = self._thin(free, now)
         chosen: Deployment | None = route.policy.pick(free, ctx) if free else None
         return Selection(chosen, healthy)
 
+    def _thin(self, free: list[Deployment], now: float) -> list[Deployment]:
+        """Each candidate stays with probability its :func:`~aigw.routing.health.share`
+        (slow start, predictive demotion), so a policy that would pick it every time (the
+        least loaded: a deployment just back is idle) gives it about that fraction of the
+        traffic, and a round-robin about that fraction of its turn. Policies stay unaware of
+        health. Nothing is left out when every candidate would be."""
+        ramp_begun = now - self._slow_start_s  # a ramp that began before this has ended
+        for d in free:  # the common case, cheaply: every share is 1 (no function calls)
+            state = d.state
+            if state.demotion < 1.0 or ramp_begun < state.slow_start_from <= now:
+                break
+        else:
+            return free
+        slow_start_s = self._slow_start_s
+        draw = self._thin_rng.random
+        kept = [d for d in free if (w := share(d.state, now, slow_start_s)) >= 1.0 or draw() < w]
+        return kept or free
+
     def ready_models(self) -> dict[str, bool]:
         """Per model: whether at least one deployment can take new traffic right now (not
-        draining, and believed healthy: not ejected)."""
+        draining, and believed healthy: not ejected, not probed down)."""
         now = self._clock()
         available = self.health.is_available
         return {
