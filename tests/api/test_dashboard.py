@@ -61,8 +61,10 @@ def fleet(start_backend: Start, start_gateway: Start) -> ThreadedServer:
                 "keys": [{"name": "team-a", "key": CLIENT_KEY, "rpm": 10, "tpm": 100_000}],
                 "admin_key": ADMIN_KEY,
             },
-            # Never eject: every request that routes to `bad` first fails there, then fails over.
+            # Never eject: every request that routes to `bad` first fails there, then fails over
+            # (and round-robin may send every request there first: a budget that allows that).
             "health": {"consecutive_failures": 1000},
+            "retry": {"budget_ratio": 1.0},
         }
     )
 
