@@ -80,6 +80,7 @@ def build_gateway(
         max_reply_bytes=config.server.max_upstream_reply_bytes,
         redactor=redactor_for(config),
         sessions=shared.sessions,
+        models=config.models,
     )
 
 

@@ -21,18 +21,20 @@ Both run the same stages, in order:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import itertools
 import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aigw.admission import Admission
 from aigw.auth import Authenticator
-from aigw.config import ServerConfig
+from aigw.config import ModelConfig, ServerConfig
 from aigw.errors import (
     DeadlineExceededError,
     GatewayError,
@@ -46,8 +48,11 @@ from aigw.errors import (
 from aigw.fleet.attempt import Attempt, Observers
 from aigw.fleet.deployment import Deployment
 from aigw.limits import Booking, DeploymentQuotaSpent, RateLimits
+from aigw.providers import StreamTranslator
+from aigw.providers.continuation import continuation_body
 from aigw.redaction import Redactor
 from aigw.relay import Opened, Redacting, UpstreamStream, first_output, read_reply, scrub
+from aigw.resume import Continuation, Transcript
 from aigw.routing.context import ContextBuilder
 from aigw.routing.retries import Failover, RetryPolicy, exhausted_error, parse_retry_after
 from aigw.routing.router import ModelRoute, Router, Selection
@@ -84,7 +89,7 @@ class Reply:
 class _Request:
     """One request's passage through the stages; what ``account`` needs at the end."""
 
-    __slots__ = ("booking", "ctx", "id", "principal", "route", "session", "ticket")
+    __slots__ = ("booking", "chain", "ctx", "id", "principal", "route", "session", "ticket")
 
     def __init__(
         self, request_id: str, principal: Principal, route: ModelRoute, ctx: RouteContext
@@ -93,6 +98,9 @@ class _Request:
         self.principal = principal
         self.route = route
         self.ctx = ctx
+        # The models that may serve it, in order: the requested one and its fallbacks, or
+        # (too long for it) its first context fallback that fits and that one's fallbacks.
+        self.chain: tuple[ModelRoute, ...] = ()
         self.ticket: Ticket | None = None
         self.booking: Booking | None = None
         self.session: str | None = None  # its sticky session's store key
@@ -114,6 +122,18 @@ class _Dispatch:
         self.settled = False
 
 
+class _Live:
+    """A streamed request of a ``stream_resume`` model: its current dispatch (a continuation
+    replaces it), what its client was sent, and how many continuations it has had."""
+
+    __slots__ = ("dispatch", "resumes", "transcript")
+
+    def __init__(self, dispatch: _Dispatch, transcript: Transcript) -> None:
+        self.dispatch = dispatch
+        self.transcript = transcript
+        self.resumes = 0
+
+
 class Gateway:
     def __init__(
         self,
@@ -128,7 +148,10 @@ class Gateway:
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         redactor: Redactor | None = None,
         sessions: SessionStore | None = None,
+        models: Sequence[ModelConfig] = (),
     ) -> None:
+        """``models``: the configured models, read for ``context_fallbacks`` and
+        ``stream_resume`` (both off for a model not given)."""
         self.auth = auth
         self.limits = limits
         self.admission = admission
@@ -143,6 +166,9 @@ class Gateway:
         # Internal request ids: unique across processes without a uuid per request.
         self._id_prefix = uuid.uuid4().hex[:12] + "-"
         self._ids = itertools.count(1)
+        self._context_fallbacks = {m.name: tuple(m.context_fallbacks) for m in models}
+        # model -> continuations allowed per request, for the models with stream_resume
+        self._resumes = {m.name: m.max_stream_resumes for m in models if m.stream_resume}
 
     @property
     def retries(self) -> RetryPolicy:
@@ -188,11 +214,20 @@ class Gateway:
             await self._refund(request)
             raise
 
+        translator = opened.translator
+        live = _Live(dispatch, translator) if isinstance(translator, Transcript) else None
+
         async def account(error: GatewayError | None) -> None:
-            await self._account(request, dispatch, error)
+            await self._account(request, live.dispatch if live else dispatch, error)
 
         stream = UpstreamStream(
-            dispatch.attempt, opened, self._transport, self._observers, account, request.headers
+            dispatch.attempt,
+            opened,
+            self._transport,
+            self._observers,
+            account,
+            request.headers,
+            functools.partial(self._resume, request, live) if live is not None else None,
         )
         if request.session is not None:
             try:
@@ -232,9 +267,12 @@ class Gateway:
             endpoint, body, meta, now, route.smallest_context_window, route.adapter, bound
         )
         request = _Request(f"{self._id_prefix}{next(self._ids)}", principal, route, ctx)
+        request.chain = self._chain(route, ctx)
         request.session = session
         request.ticket = self.admission.ticket(request.id, principal, model, meta)
-        plan = self.limits.plan(principal, model)
+        # The key's quotas, and the quotas of the model that will serve (a context fallback
+        # is known now, unlike a failover's fallback, which is charged to the requested one).
+        plan = self.limits.plan(principal, request.chain[0].name)
         if plan is not None:
             prompt_tokens = ctx.prompt_tokens
             if plan.counts_tokens:
@@ -242,6 +280,20 @@ class Gateway:
             tokens = self.limits.estimate(prompt_tokens, ctx.max_tokens)
             request.booking = await self.limits.reserve(request.id, plan, tokens)
         return request
+
+    def _chain(self, route: ModelRoute, ctx: RouteContext) -> tuple[ModelRoute, ...]:
+        """The models that may serve the request: ``route`` and its fallbacks, unless no
+        deployment of ``route`` has a context window that holds it; then its first context
+        fallback that has one, and that model's fallbacks (none fits: ``route``'s chain,
+        which answers 400 as before). ``ctx.prompt_tokens`` is an exact count whenever the
+        request could exceed ``route``'s smallest window (:class:`ContextBuilder`)."""
+        fallbacks = self._context_fallbacks.get(route.name)
+        if fallbacks and not _fits(route, ctx):
+            for name in fallbacks:
+                fallback = self.router.models.get(name)
+                if fallback is not None and _fits(fallback, ctx):
+                    return tuple(self.router.chain(name))
+        return tuple(self.router.chain(route.name))
 
     # --- 3-4: admit, attempt with failover ---------------------------------------------------
 
@@ -259,7 +311,9 @@ class Gateway:
         deadline = asyncio.timeout(retry.deadline_s)
         try:
             async with deadline:
-                return await self._failover(request, send, failover, deadline)
+                return await self._failover(
+                    request, send, failover, deadline, request.chain, request.ctx
+                )
         except TimeoutError:
             if not deadline.expired():
                 raise
@@ -277,18 +331,22 @@ class Gateway:
         send: Callable[[Attempt], Awaitable[T]],
         failover: Failover,
         deadline: asyncio.Timeout,
+        chain: Iterable[ModelRoute],
+        ctx: RouteContext,
+        exclude: frozenset[str] = frozenset(),
     ) -> tuple[_Dispatch, T]:
-        """The failover loop. A retry (any try after the first) goes to a deployment in
-        rotation only (no panic mode), must fit the model's retry budget and waits its
-        backoff; a deployment waiting out an upstream's Retry-After is never sent to."""
+        """The failover loop over the models of ``chain``, never sending to ``exclude``.
+        A retry (any try after the first) goes to a deployment in rotation only (no panic
+        mode), must fit the model's retry budget and waits its backoff; a deployment waiting
+        out an upstream's Retry-After is never sent to."""
         failures = failover.failures
         loop = asyncio.get_running_loop()
         ticket = request.ticket
         assert ticket is not None
-        for route in self.router.chain(request.ctx.model):
-            tried: set[str] = set()
+        for route in chain:
+            tried: set[str] = set(exclude)
             for _ in range(self._retry.max_attempts):
-                selection = self.router.select(route, request.ctx, tried)
+                selection = self.router.select(route, ctx, tried)
                 if selection is None:
                     break
                 if _held_back(selection.chosen, loop.time(), tried, failures):
@@ -322,7 +380,7 @@ class Gateway:
                 failover.attempts += 1
                 attempt = Attempt(
                     deployment,
-                    request.ctx,
+                    ctx,
                     failover.attempts,
                     loop.time(),
                     queued_s=lease.waited_s,
@@ -345,6 +403,64 @@ class Gateway:
                 return dispatch, result
         raise self._exhausted(request, failures)
 
+    async def _resume(
+        self, request: _Request, live: _Live, error: GatewayError
+    ) -> tuple[Attempt, Opened] | None:
+        """Continuation failover (:mod:`aigw.resume`): after ``error`` broke the stream of
+        ``live``, continue it on another deployment of the same model; the next attempt and
+        its opened stream, or None when it may not or could not (the caller then sends the
+        error). Only a retryable error is resumed; a resume is a retry (retry budget,
+        rotation, backoff) bounded by ``max_stream_resumes`` and the request's deadline."""
+        broken = live.dispatch.attempt
+        model = broken.deployment.model
+        transcript = live.transcript
+        if (
+            not error.retryable
+            or not transcript.can_resume
+            or live.resumes >= self._resumes.get(model, 0)
+        ):
+            return None
+        ctx = request.ctx
+        body = continuation_body(ctx.endpoint, ctx.body, transcript.text, transcript.pieces)
+        if body is None:
+            return None
+        await self._settle(live.dispatch, error)  # counts against it; frees its slot
+        live.resumes += 1
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        continued = dataclasses.replace(
+            ctx, body=body, max_tokens=max_tokens if isinstance(max_tokens, int) else None
+        )
+        failover = Failover(self._retry, ctx.model, count_request=False)
+        failover.attempts = broken.number
+        send = functools.partial(self._open_stream, continuing=transcript)
+        deadline = asyncio.timeout_at(ctx.now + self._retry.deadline_s)
+        route = self.router.models[model]
+        try:
+            async with deadline:
+                dispatch, opened = await self._failover(
+                    request,
+                    send,
+                    failover,
+                    deadline,
+                    (route,),
+                    continued,
+                    frozenset({broken.deployment.id}),
+                )
+        except (GatewayError, TimeoutError) as exc:
+            log.warning("stream of %s could not be resumed: %s", request.id, exc)
+            return None
+        finally:
+            failover.close()
+        log.info(
+            "stream of %s resumed on %s after %d chunks (%s)",
+            request.id,
+            dispatch.attempt.deployment.id,
+            transcript.pieces,
+            error.code,
+        )
+        live.dispatch = dispatch
+        return dispatch.attempt, opened
+
     def _in_rotation(self, selection: Selection, now: float) -> bool:
         """Whether the selection's candidates are in rotation (not all ejected: panic)."""
         first = selection.chosen or selection.candidates[0]
@@ -357,7 +473,7 @@ class Gateway:
         now = asyncio.get_running_loop().time()
         wait = min(
             max(0.0, d.state.ejected_until - now)
-            for route in self.router.chain(request.ctx.model)
+            for route in request.chain
             for d in route.deployments
         )
         return exhausted_error(request.ctx.model, failures, wait)
@@ -395,14 +511,24 @@ class Gateway:
             ) from exc
         return self._redact.data(body)
 
-    async def _open_stream(self, attempt: Attempt) -> Opened:
+    async def _open_stream(self, attempt: Attempt, continuing: Transcript | None = None) -> Opened:
+        """Send a streamed request and wait for its first output. A ``stream_resume``
+        model's translator records what is sent (:class:`Transcript`); ``continuing``: the
+        transcript of the stream this attempt continues (its output is rewritten to read as
+        that stream's)."""
         deployment = attempt.deployment
         provider = deployment.provider
         ctx = attempt.ctx
         upstream = provider.build_request(ctx.endpoint, ctx.body)
-        translator = provider.stream_translator(ctx.endpoint, ctx.body)
+        translator: StreamTranslator = provider.stream_translator(ctx.endpoint, ctx.body)
         if self._redact:
             translator = Redacting(translator, self._redact)
+        chat = ctx.endpoint is Endpoint.CHAT
+        if continuing is not None:
+            continuing.follow(Continuation(translator, continuing, continuing.pieces, chat))
+            translator = continuing
+        elif deployment.model in self._resumes and ctx.endpoint is not Endpoint.EMBEDDINGS:
+            translator = Transcript(translator, chat)
         attempt.engine_queued = _engine_queue(deployment)
         with self._transport.errors(deployment, "waiting for the first byte"):
             async with asyncio.timeout(deployment.config.timeouts.first_byte):
@@ -516,6 +642,17 @@ class Gateway:
     async def _refund(self, request: _Request) -> None:
         if request.booking is not None:
             await request.booking.refund()
+
+
+def _fits(route: ModelRoute, ctx: RouteContext) -> bool:
+    """Whether a deployment of ``route`` serving the endpoint has a context window (or none
+    declared) that holds the request's prompt plus its ``max_tokens``."""
+    needed = ctx.prompt_tokens + (ctx.max_tokens or 0)
+    return any(
+        (d.config.context_window is None or needed <= d.config.context_window)
+        and d.provider.supports(ctx.endpoint)
+        for d in route.deployments
+    )
 
 
 def _engine_queue(deployment: Deployment) -> bool:

@@ -24,7 +24,15 @@ from aigw.redaction import Redactor
 from aigw.types import Usage
 from aigw.upstream import Transport, UpstreamResponse
 
-__all__ = ["Opened", "Redacting", "UpstreamStream", "first_output", "read_reply", "scrub"]
+__all__ = [
+    "Opened",
+    "Redacting",
+    "Resume",
+    "UpstreamStream",
+    "first_output",
+    "read_reply",
+    "scrub",
+]
 
 log = logging.getLogger("aigw.gateway")
 Send = Callable[[bytes], Awaitable[None]]
@@ -78,8 +86,17 @@ async def first_output(
             return out
 
 
+Resume = Callable[[GatewayError], Awaitable[tuple[Attempt, Opened] | None]]
+
+
 class UpstreamStream:
-    """An upstream stream whose first output is ready; ``relay`` sends it all to the client."""
+    """An upstream stream whose first output is ready; ``relay`` sends it all to the client.
+
+    ``resume`` (continuation failover, :mod:`aigw.resume`; None when the model has it off) is
+    asked, when the upstream breaks mid-stream, for a continuation: it settles the broken
+    attempt and returns the next attempt with its opened stream, or None (then the client
+    gets the error event as without it).
+    """
 
     def __init__(
         self,
@@ -89,6 +106,7 @@ class UpstreamStream:
         observers: Observers,
         account: Callable[[GatewayError | None], Awaitable[None]],
         headers: list[tuple[bytes, bytes]],
+        resume: Resume | None = None,
     ) -> None:
         self.deployment = attempt.deployment
         self.headers = headers
@@ -97,6 +115,7 @@ class UpstreamStream:
         self._transport = transport
         self._account = account
         self._accounted = False
+        self._resume = resume
 
     async def relay(self, send: Send) -> str | None:
         """Send every chunk as it arrives; end with an error event if the upstream breaks
@@ -105,6 +124,26 @@ class UpstreamStream:
         Always accounts for the request (slot released, usage reconciled), also when cancelled
         (client disconnect): closing the response aborts the upstream request at once.
         """
+        error: GatewayError | None = None
+        try:
+            await send(self._opened.first)
+            error = await self._pump(send)
+            while error is not None and self._resume is not None:
+                resumed = await self._resume(error)
+                if resumed is None:
+                    break
+                self.attempt, self._opened = resumed
+                await send(self._opened.first)
+                error = await self._pump(send)
+            if error is not None:
+                await send(b"data: " + orjson.dumps(error.to_dict()) + b"\n\n")
+        finally:
+            await self._settle(error)
+        return error.code if error is not None else None
+
+    async def _pump(self, send: Send) -> GatewayError | None:
+        """Relay the current attempt's stream to its end: None when it ended well, else the
+        error it broke with. Its response is released (finished) or closed either way."""
         attempt = self.attempt
         deployment = attempt.deployment
         idle = deployment.config.timeouts.idle
@@ -112,35 +151,32 @@ class UpstreamStream:
         response = self._opened.response
         content = response.content
         translator = self._opened.translator
-        finished = False
-        error: GatewayError | None = None
+        finished = broke = False
         events = attempt.relayed_events
         try:
-            await send(self._opened.first)
-            try:
-                with self._transport.errors(deployment, "streaming"):
-                    async with asyncio.timeout(None) as deadline:
-                        while True:
-                            # The idle deadline covers the upstream only: a slow client is
-                            # not the deployment's fault.
-                            deadline.reschedule(loop.time() + idle)
-                            chunk = await content.readany()
-                            deadline.reschedule(None)
-                            if not chunk:
-                                break
-                            out = translator.feed(chunk)
-                            if out:
-                                events += out.count(b"data:")
-                                attempt.last_byte_at = loop.time()
-                                await send(out)
-                    tail = translator.finish()
-                    if tail:
-                        await send(tail)
-                    finished = True
-            except GatewayError as exc:
-                error = exc
-                log.warning("stream from %s broke: %s", deployment.id, exc.message)
-                await send(b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n")
+            with self._transport.errors(deployment, "streaming"):
+                async with asyncio.timeout(None) as deadline:
+                    while True:
+                        # The idle deadline covers the upstream only: a slow client is
+                        # not the deployment's fault.
+                        deadline.reschedule(loop.time() + idle)
+                        chunk = await content.readany()
+                        deadline.reschedule(None)
+                        if not chunk:
+                            break
+                        out = translator.feed(chunk)
+                        if out:
+                            events += out.count(b"data:")
+                            attempt.last_byte_at = loop.time()
+                            await send(out)
+                tail = translator.finish()
+                if tail:
+                    await send(tail)
+                finished = True
+        except GatewayError as exc:
+            broke = True
+            log.warning("stream from %s broke: %s", deployment.id, exc.message)
+            return exc
         finally:
             # A finished response goes back to the keep-alive pool; anything else (client
             # gone, upstream broken) closes the connection, which aborts the upstream request.
@@ -150,9 +186,8 @@ class UpstreamStream:
                 attempt.usage = translator.usage
             else:
                 response.close()
-            attempt.abandoned = error is None and not finished
-            await self._settle(error)
-        return error.code if error is not None else None
+            attempt.abandoned = not (finished or broke)  # cancelled: the client went away
+        return None
 
     async def _settle(self, error: GatewayError | None) -> None:
         if not self._accounted:

@@ -213,10 +213,13 @@ class Failover:
 
     __slots__ = ("_budget", "_policy", "attempts", "failures", "retrying")
 
-    def __init__(self, policy: RetryPolicy, model: str) -> None:
+    def __init__(self, policy: RetryPolicy, model: str, count_request: bool = True) -> None:
+        """``count_request``: False for a request already counted (a stream's continuation
+        failover, :mod:`aigw.resume`, whose tries are all retries)."""
         self._policy = policy
         self._budget = policy.budget(model)
-        self._budget.record_request()
+        if count_request:
+            self._budget.record_request()
         self.attempts = 0  # tries sent to a deployment
         self.failures: list[tuple[str, GatewayError]] = []  # (deployment id, its error)
         self.retrying = False
