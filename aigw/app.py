@@ -31,7 +31,7 @@ from aigw.gateway import Gateway
 from aigw.limits import RateLimits
 from aigw.policies.filters import MODEL_AWARE_FILTERS
 from aigw.redaction import redactor_for
-from aigw.reload import LiveParts, Reloader
+from aigw.reload import LiveParts, Reloader, start_monitor
 from aigw.routing.context import ContextBuilder
 from aigw.routing.history import FleetHistory
 from aigw.routing.recorder import SignalRecorder
@@ -143,8 +143,19 @@ def create_app(
 
         gateway = make_gateway(config, router, contexts)
         logged = [AccessLog()] if access_log else []
-        parts = LiveParts(loop.time, rng, pool, counter, scrape_client, metrics, history, tracing)
-        reloader = Reloader(app, parts, scraper, load, make_gateway)
+        parts = LiveParts(
+            loop.time,
+            rng,
+            pool,
+            counter,
+            scrape_client,
+            metrics,
+            history,
+            tracing,
+            shared.ejections,
+        )
+        monitor = start_monitor(router, config, parts)  # probes, demotion, shared ejections
+        reloader = Reloader(app, parts, scraper, load, make_gateway, monitor)
         app.state.aigw = AppState(
             config=config,
             gateway=gateway,
@@ -168,6 +179,8 @@ def create_app(
         finally:
             lifecycle.reload = None
             await reloader.scraper.stop()
+            if reloader.monitor is not None:
+                await reloader.monitor.stop()
             await scrape_client.aclose()
             await shared.aclose()
             await counter.aclose()

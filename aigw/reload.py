@@ -13,7 +13,9 @@ state: latency EWMAs, ejection, prefix memory, the admin's draining flag. Its ot
 (``max_concurrency``, timeouts, weight, keys) take the new values. Process-lifetime parts
 follow the new fleet: the upstream pool opens sessions for new origins (an origin no longer
 used keeps its idle session until shutdown), the engine-metrics scraper restarts on the new
-set, the metrics gauges, dashboard history and trace attributes follow it.
+set, the metrics gauges, dashboard history and trace attributes follow it. So does the
+health task (active probes, demotion, shared ejections): a new one starts on the new fleet,
+and a deployment that stays keeps its probe verdict (it lives in its state).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from aigw.gateway import Gateway
 from aigw.policies.filters import MODEL_AWARE_FILTERS
 from aigw.routing.context import ContextBuilder
 from aigw.routing.history import FleetHistory
+from aigw.routing.probes import HealthMonitor, SharedEjections
 from aigw.routing.router import Router
 from aigw.routing.scraper import MetricsScraper
 from aigw.telemetry.metrics import GatewayMetrics
@@ -43,7 +46,14 @@ from aigw.telemetry.tracing import Tracing
 from aigw.tokens import TokenCounter
 from aigw.upstream import UpstreamPool
 
-__all__ = ["FROZEN_SECTIONS", "LiveParts", "Reloader", "frozen_changes", "kept_states"]
+__all__ = [
+    "FROZEN_SECTIONS",
+    "LiveParts",
+    "Reloader",
+    "frozen_changes",
+    "kept_states",
+    "start_monitor",
+]
 
 log = logging.getLogger("aigw")
 
@@ -93,6 +103,7 @@ class LiveParts:
     metrics: GatewayMetrics
     history: FleetHistory
     tracing: Tracing | None
+    ejections: SharedEjections | None = None  # where the health task shares ejections
 
 
 class Reloader:
@@ -109,8 +120,10 @@ class Reloader:
         scraper: MetricsScraper,
         load: Callable[[], GatewayConfig] | None,
         build: Callable[[GatewayConfig, Router, ContextBuilder], Gateway],
+        monitor: HealthMonitor | None = None,
     ) -> None:
         self.scraper = scraper  # the running one; the lifespan stops it at shutdown
+        self.monitor = monitor  # likewise, the running health task
         self._app = app
         self._parts = parts
         self._load = load
@@ -165,6 +178,9 @@ class Reloader:
         old_scraper, self.scraper = self.scraper, scraper
         scraper.start()
         await old_scraper.stop()
+        old_monitor, self.monitor = self.monitor, start_monitor(router, new, parts)
+        if old_monitor is not None:
+            await old_monitor.stop()
         old_ids, new_ids = set(old_router.deployments), set(router.deployments)
         return ReloadReport(
             models=tuple(router.models),
@@ -173,3 +189,12 @@ class Reloader:
             kept=tuple(sorted(keep)),
             replaced=tuple(sorted((new_ids & old_ids) - set(keep))),
         )
+
+
+def start_monitor(router: Router, config: GatewayConfig, parts: LiveParts) -> HealthMonitor:
+    """The health task of ``router``'s fleet, started (the lifespan's and a reload's)."""
+    monitor = HealthMonitor(
+        router, config.health, parts.scrape_client, parts.ejections, parts.rng, parts.clock
+    )
+    monitor.start()
+    return monitor

@@ -1,5 +1,5 @@
-"""Shared state: rate limits, admission (queue and slots) and sticky-session bindings, in
-memory or on Redis.
+"""Shared state: rate limits, admission (queue and slots), sticky-session bindings and
+shared ejections, in memory or on Redis.
 
 :func:`open_state` builds what ``state.backend`` asks for, once, in the app's lifespan:
 ``memory`` (this process only) or ``redis`` (shared by every instance, with the fallback that
@@ -14,6 +14,12 @@ from dataclasses import dataclass
 
 from aigw.config import StateConfig
 from aigw.state.base import AdmissionQueue, RateLimiter, StateUnavailableError
+from aigw.state.ejections import (
+    EjectionStore,
+    MemoryEjectionStore,
+    RedisEjectionStore,
+    ResilientEjectionStore,
+)
 from aigw.state.memory import MemoryAdmissionQueue, MemoryRateLimiter
 from aigw.state.redis import RedisAdmissionQueue, RedisRateLimiter, connect
 from aigw.state.redis_sessions import RedisSessionStore
@@ -21,10 +27,13 @@ from aigw.state.resilient import RedisHealth, ResilientAdmissionQueue, Resilient
 from aigw.state.sessions import MemorySessionStore, ResilientSessionStore, SessionStore
 
 __all__ = [
+    "EjectionStore",
     "MemoryAdmissionQueue",
+    "MemoryEjectionStore",
     "MemoryRateLimiter",
     "MemorySessionStore",
     "RedisAdmissionQueue",
+    "RedisEjectionStore",
     "RedisRateLimiter",
     "RedisSessionStore",
     "SessionStore",
@@ -36,13 +45,15 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class SharedState:
-    """The rate limiter, admission queue and session store requests go through; close once."""
+    """The rate limiter, admission queue and session store requests go through, and where
+    the health monitor shares ejections (None: this process only); close once."""
 
     limiter: RateLimiter
     admission: AdmissionQueue
     sessions: SessionStore
     closers: tuple[Callable[[], Awaitable[None]], ...] = ()
     redis: RedisHealth | None = None  # with the Redis backend: whether it is up, its errors
+    ejections: EjectionStore | None = None
 
     async def aclose(self) -> None:
         for close in self.closers:
@@ -77,6 +88,8 @@ async def open_state(config: StateConfig, clock: Callable[[], float]) -> SharedS
     sessions = ResilientSessionStore(
         RedisSessionStore(client, config), MemorySessionStore(clock), health
     )
-    return SharedState(
-        limiter, admission, sessions, (health.aclose, redis_admission.close, client.aclose), health
+    ejections = ResilientEjectionStore(
+        RedisEjectionStore(client, config), MemoryEjectionStore(clock), health
     )
+    closers = (health.aclose, redis_admission.close, client.aclose)
+    return SharedState(limiter, admission, sessions, closers, health, ejections)

@@ -362,13 +362,26 @@ class _StateCollector(Collector):
             "Times outlier detection ejected the deployment.",
             labels=["deployment"],
         )
+        probe_up = GaugeMetricFamily(
+            "aigw_deployment_probe_up",
+            "The active health probe's verdict, 1 up or 0 down (probed deployments only).",
+            labels=["deployment"],
+        )
+        demotion = GaugeMetricFamily(
+            "aigw_deployment_demotion",
+            "Share multiplier from predictive demotion (1: as good as its peers).",
+            labels=["deployment"],
+        )
         for d in self._deployments:
             state = d.state
             healthy.add_metric([d.id], 1.0 if state.ejected_until <= now else 0.0)
             draining.add_metric([d.id], 1.0 if state.draining else 0.0)
             in_flight.add_metric([d.id], state.in_flight)
             ejections.add_metric([d.id], state.ejected_total)
-        yield from (healthy, draining, in_flight, ejections)
+            if state.probe_up is not None:
+                probe_up.add_metric([d.id], 1.0 if state.probe_up else 0.0)
+            demotion.add_metric([d.id], state.demotion)
+        yield from (healthy, draining, in_flight, ejections, probe_up, demotion)
 
     def _engines(self) -> Iterator[Metric]:
         now = self._clock()

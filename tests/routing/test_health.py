@@ -25,6 +25,7 @@ class Clock:
 
 
 def make_router(clock: Clock, n: int = 3, policy: str = "round-robin", **health: object) -> Router:
+    settings: dict[str, object] = {"consecutive_failures": 1, **health}
     deployments = [
         {"id": f"d{i}", "base_url": f"http://127.0.0.1:{9000 + i}/v1", "model": "m"}
         for i in range(n)
@@ -32,7 +33,7 @@ def make_router(clock: Clock, n: int = 3, policy: str = "round-robin", **health:
     config = parse_config(
         {
             "models": [{"name": "chat", "policy": policy, "deployments": deployments}],
-            "health": {"consecutive_failures": 1, **health},
+            "health": settings,
         }
     )
     return Router(config, clock, random.Random(0))

@@ -1,0 +1,136 @@
+"""Shared ejections: which deployments some gateway instance took out of rotation, and for
+how long more, so that every instance stops sending to a dead backend soon after the first
+one notices (the health monitor, :mod:`aigw.routing.probes`, writes on ejection and reads
+once per ``health.sync_interval_s``; never on the request path).
+
+One contract (``tests/state/test_ejections.py``), two implementations:
+:class:`MemoryEjectionStore` (this process) and :class:`RedisEjectionStore` (one key per
+ejected deployment, ``{state.key_prefix}ej:{deployment}`` = the instance that ejected it,
+expiring when the ejection ends: Redis forgets them by itself). Writing never shortens an
+ejection already there (one Lua script). :class:`ResilientEjectionStore` serves from memory
+while Redis is down, whatever ``state.on_redis_down`` says: a shared ejection is a routing
+hint, never a reason to refuse a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from aigw.config import StateConfig
+from aigw.state.base import StateUnavailableError
+from aigw.state.resilient import RedisHealth
+from aigw.state.scripts import Script, lua_source
+
+__all__ = [
+    "EjectionStore",
+    "MemoryEjectionStore",
+    "RedisEjectionStore",
+    "ResilientEjectionStore",
+]
+
+
+class EjectionStore(Protocol):
+    async def eject(self, deployment_id: str, seconds: float, owner: str) -> None:
+        """``owner`` (an instance id) took ``deployment_id`` out of rotation for ``seconds``
+        from now; an ejection already stored for longer stays as it is."""
+        ...
+
+    async def ejections(self, deployment_ids: Sequence[str], owner: str) -> dict[str, float]:
+        """Seconds left of each of ``deployment_ids`` that is ejected by an instance other
+        than ``owner`` (absent: not ejected, or only by ``owner`` itself). One round trip."""
+        ...
+
+
+class MemoryEjectionStore:
+    """:class:`EjectionStore` in this process. ``clock``: monotonic seconds (``loop.time``);
+    at most one entry per deployment id, dropped when read after it ended."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._until: dict[str, tuple[float, str]] = {}
+
+    async def eject(self, deployment_id: str, seconds: float, owner: str) -> None:
+        until = self._clock() + seconds
+        found = self._until.get(deployment_id)
+        if found is None or found[0] < until:
+            self._until[deployment_id] = (until, owner)
+
+    async def ejections(self, deployment_ids: Sequence[str], owner: str) -> dict[str, float]:
+        now = self._clock()
+        left: dict[str, float] = {}
+        for deployment_id in deployment_ids:
+            found = self._until.get(deployment_id)
+            if found is None:
+                continue
+            if found[0] <= now:
+                del self._until[deployment_id]
+            elif found[1] != owner:
+                left[deployment_id] = found[0] - now
+        return left
+
+
+class RedisEjectionStore:
+    """:class:`EjectionStore` on Redis (Redis's own clock: TTLs, so instances need not agree
+    on the time); every failure raises :class:`StateUnavailableError`."""
+
+    def __init__(self, redis: Redis, config: StateConfig) -> None:
+        self._redis = redis
+        self._prefix = f"{config.key_prefix}ej:"
+        self._timeout_s = config.timeout_s
+        self._extend = Script(redis, lua_source("ejection_extend"), config.timeout_s)
+
+    async def eject(self, deployment_id: str, seconds: float, owner: str) -> None:
+        await self._extend([self._prefix + deployment_id], [max(1, round(seconds * 1000)), owner])
+
+    async def ejections(self, deployment_ids: Sequence[str], owner: str) -> dict[str, float]:
+        if not deployment_ids:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for deployment_id in deployment_ids:
+            pipe.get(self._prefix + deployment_id)
+            pipe.pttl(self._prefix + deployment_id)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:  # OSError covers refused, reset, timed out
+            message = "did not answer in time" if isinstance(exc, TimeoutError) else str(exc)
+            raise StateUnavailableError(f"redis (ejections): {message}") from exc
+        left: dict[str, float] = {}
+        for i, deployment_id in enumerate(deployment_ids):
+            who, ttl_ms = replies[2 * i], int(replies[2 * i + 1])
+            if who is not None and who != owner and ttl_ms > 0:
+                left[deployment_id] = ttl_ms / 1000.0
+        return left
+
+
+class ResilientEjectionStore:
+    """A Redis :class:`EjectionStore` with a local stand-in while Redis is down (sharing
+    pauses; each instance still ejects on its own). Shares :class:`RedisHealth` with the
+    other wrappers."""
+
+    def __init__(self, redis: EjectionStore, local: EjectionStore, health: RedisHealth) -> None:
+        self._redis = redis
+        self._local = local
+        self._health = health
+
+    async def eject(self, deployment_id: str, seconds: float, owner: str) -> None:
+        if not self._health.down:
+            try:
+                await self._redis.eject(deployment_id, seconds, owner)
+                return
+            except StateUnavailableError as exc:
+                self._health.trip(exc)
+        await self._local.eject(deployment_id, seconds, owner)
+
+    async def ejections(self, deployment_ids: Sequence[str], owner: str) -> dict[str, float]:
+        if not self._health.down:
+            try:
+                return await self._redis.ejections(deployment_ids, owner)
+            except StateUnavailableError as exc:
+                self._health.trip(exc)
+        return await self._local.ejections(deployment_ids, owner)
