@@ -527,7 +527,11 @@ class Gateway:
         if continuing is not None:
             continuing.follow(Continuation(translator, continuing, continuing.pieces, chat))
             translator = continuing
-        elif deployment.model in self._resumes and ctx.endpoint is not Endpoint.EMBEDDINGS:
+        elif (
+            deployment.model in self._resumes
+            and ctx.endpoint is not Endpoint.EMBEDDINGS
+            and ctx.body.get("n") in (None, 1)  # one choice: n > 1 streams are not resumed
+        ):
             translator = Transcript(translator, chat)
         attempt.engine_queued = _engine_queue(deployment)
         with self._transport.errors(deployment, "waiting for the first byte"):

@@ -27,6 +27,7 @@ text; the README gives the measured cost.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -37,6 +38,12 @@ from aigw.types import Usage
 __all__ = ["Continuation", "Transcript"]
 
 _DONE = b"[DONE]"
+# The hot path's one regex: a content string (its JSON-escaped body captured), or a marker
+# that sends the chunk to the slow path (captured as b""). JSON escapes every quote inside a
+# string, so generated text can never fake one (as in aigw.providers.openai_stream).
+_MARKERS = rb'|finish_reason": ?"|tool_calls"|function_call")'
+_scan_chat = re.compile(rb'"(?:content": ?"((?:[^"\\]|\\.)*)"' + _MARKERS).findall
+_scan_completion = re.compile(rb'"(?:text": ?"((?:[^"\\]|\\.)*)"' + _MARKERS).findall
 
 
 class Transcript:
@@ -50,11 +57,12 @@ class Transcript:
     __slots__ = (
         "_chat",
         "_inner",
+        "_raw",
+        "_scan",
         "created",
         "finished",
         "id",
         "model",
-        "parts",
         "pieces",
         "resumable",
     )
@@ -62,7 +70,8 @@ class Transcript:
     def __init__(self, inner: StreamTranslator, chat: bool) -> None:
         self._inner = inner
         self._chat = chat
-        self.parts: list[str] = []
+        self._raw: list[bytes] = []  # the text's pieces, as JSON string contents
+        self._scan = _scan_chat if chat else _scan_completion
         self.pieces = 0
         self.id: object = None
         self.created: object = None
@@ -72,7 +81,10 @@ class Transcript:
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        """The assistant text sent so far (decoded here: only a resume asks for it)."""
+        text = orjson.loads(b'"' + b"".join(self._raw) + b'"')
+        assert isinstance(text, str)
+        return text
 
     @property
     def can_resume(self) -> bool:
@@ -99,34 +111,58 @@ class Transcript:
         return self._inner.usage
 
     def _note(self, out: bytes) -> None:
-        for event in _events(out):
-            if self.id is None:
-                self.id = event.get("id")
-                self.created = event.get("created")
-                self.model = event.get("model")
-            choices = event.get("choices")
-            if not isinstance(choices, list):
+        """Collect the text of ``out``'s events. Hot path (every chunk of a stream_resume
+        model): one regex pass finds the content strings; when it found only non-empty ones
+        (no finish reason, no tool call, no empty content), they are kept as they are, JSON
+        escapes and all (decoded once, by :attr:`text`). Anything else (the first event, a
+        tool call, a finish reason) is parsed event by event."""
+        if self.id is not None:
+            found = self._scan(out)
+            if b"" not in found:
+                self._raw.extend(found)
+                self.pieces += len(found)
+                return
+        for line in out.split(b"\n"):
+            if line.startswith(b"data:"):
+                self._note_event(line)
+
+    def _note_event(self, line: bytes) -> None:
+        payload = line[5:].strip()
+        if not payload or payload == _DONE:
+            return
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(event, dict):
+            return
+        if self.id is None:
+            self.id = event.get("id")
+            self.created = event.get("created")
+            self.model = event.get("model")
+        choices = event.get("choices")
+        if not isinstance(choices, list):
+            return
+        for choice in choices:
+            if not isinstance(choice, dict):
                 continue
-            for choice in choices:
-                if not isinstance(choice, dict):
+            if choice.get("index", 0) != 0:
+                self.resumable = False
+                continue
+            if self._chat:
+                delta = choice.get("delta")
+                if not isinstance(delta, dict):
                     continue
-                if choice.get("index", 0) != 0:
+                if delta.get("tool_calls") or delta.get("function_call"):
                     self.resumable = False
-                    continue
-                if self._chat:
-                    delta = choice.get("delta")
-                    if not isinstance(delta, dict):
-                        continue
-                    if delta.get("tool_calls") or delta.get("function_call"):
-                        self.resumable = False
-                    content = delta.get("content")
-                else:
-                    content = choice.get("text")
-                if isinstance(content, str) and content:
-                    self.parts.append(content)
-                    self.pieces += 1
-                if choice.get("finish_reason"):
-                    self.finished = True
+                content = delta.get("content")
+            else:
+                content = choice.get("text")
+            if isinstance(content, str) and content:
+                self._raw.append(orjson.dumps(content)[1:-1])
+                self.pieces += 1
+            if choice.get("finish_reason"):
+                self.finished = True
 
 
 class Continuation:
@@ -218,24 +254,6 @@ class Continuation:
             return False
         event["choices"] = kept
         return True
-
-
-def _events(out: bytes) -> list[dict[str, Any]]:
-    """The JSON events in ``out`` (complete SSE events, as translators return them)."""
-    events = []
-    for line in out.split(b"\n"):
-        if not line.startswith(b"data:"):
-            continue
-        payload = line[5:].strip()
-        if not payload or payload == _DONE:
-            continue
-        try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
 
 
 def _int(value: object) -> int:

@@ -7,6 +7,11 @@ uniformly from ``NATURAL_LENGTH`` by the app's RNG, capped by ``max_tokens`` (fi
 left of ``max_model_len``, as in vLLM. A forced tool call is three tokens: the call header
 (id and function name) and the arguments ``{}`` in two pieces.
 
+A continuation, as the gateway's ``stream_resume`` sends it (a last assistant message with
+``continue_final_message: true`` and ``add_generation_prompt: false``), needs nothing special:
+the partial answer is part of the prompt and the output is new tokens, as many as
+``max_tokens`` allows; the two vLLM fields are accepted and otherwise ignored.
+
 A watcher task reads the receive channel for ``http.disconnect`` while the engine works; on
 disconnect every sequence is aborted at once (queue or batch), which frees its KV blocks.
 """
