@@ -42,24 +42,22 @@ from aigw.errors import (
     NotFoundError,
     RateLimitError,
     ServiceUnavailableError,
-    UpstreamConnectionError,
-    UpstreamStatusError,
 )
 from aigw.fleet.attempt import Attempt, Observers
 from aigw.fleet.deployment import Deployment
 from aigw.limits import Booking, DeploymentQuotaSpent, RateLimits
-from aigw.providers import StreamTranslator
 from aigw.providers.continuation import continuation_body
 from aigw.redaction import Redactor
-from aigw.relay import Opened, Redacting, UpstreamStream, first_output, read_reply, scrub
-from aigw.resume import Continuation, Transcript
+from aigw.relay import Opened, UpstreamStream
+from aigw.resume import Transcript
 from aigw.routing.context import ContextBuilder
-from aigw.routing.retries import Failover, RetryPolicy, exhausted_error, parse_retry_after
+from aigw.routing.retries import Failover, RetryPolicy, exhausted_error
 from aigw.routing.router import ModelRoute, Router, Selection
+from aigw.sender import Sender
 from aigw.state.base import Lease, Ticket
 from aigw.state.sessions import MemorySessionStore, SessionStore
 from aigw.types import Endpoint, Principal, RequestMeta, RouteContext
-from aigw.upstream import Transport, UpstreamResponse
+from aigw.upstream import Transport
 
 __all__ = ["Gateway", "Reply", "UpstreamStream"]
 
@@ -160,8 +158,6 @@ class Gateway:
         self._contexts = contexts
         self._observers = observers
         self._retry = retry
-        self._max_reply_bytes = max_reply_bytes
-        self._redact = redactor or Redactor()
         self._sessions = sessions if sessions is not None else MemorySessionStore(time.monotonic)
         # Internal request ids: unique across processes without a uuid per request.
         self._id_prefix = uuid.uuid4().hex[:12] + "-"
@@ -169,6 +165,9 @@ class Gateway:
         self._context_fallbacks = {m.name: tuple(m.context_fallbacks) for m in models}
         # model -> continuations allowed per request, for the models with stream_resume
         self._resumes = {m.name: m.max_stream_resumes for m in models if m.stream_resume}
+        self._send = Sender(
+            transport, observers, redactor or Redactor(), max_reply_bytes, self._resumes
+        )
 
     @property
     def retries(self) -> RetryPolicy:
@@ -186,7 +185,7 @@ class Gateway:
     ) -> Reply:
         request = await self._accept(principal, endpoint, body, meta)  # model, rate-limit
         try:
-            dispatch, data = await self._attempt_with_failover(request, self._exchange)
+            dispatch, data = await self._attempt_with_failover(request, self._send.reply)
         except BaseException:
             await self._refund(request)
             raise
@@ -209,7 +208,7 @@ class Gateway:
         """Connect and wait for the first output bytes; the caller must ``relay`` the result."""
         request = await self._accept(principal, endpoint, body, meta)  # model, rate-limit
         try:
-            dispatch, opened = await self._attempt_with_failover(request, self._open_stream)
+            dispatch, opened = await self._attempt_with_failover(request, self._send.open_stream)
         except BaseException:
             await self._refund(request)
             raise
@@ -432,7 +431,7 @@ class Gateway:
         )
         failover = Failover(self._retry, ctx.model, count_request=False)
         failover.attempts = broken.number
-        send = functools.partial(self._open_stream, continuing=transcript)
+        send = functools.partial(self._send.open_stream, continuing=transcript)
         deadline = asyncio.timeout_at(ctx.now + self._retry.deadline_s)
         route = self.router.models[model]
         try:
@@ -485,99 +484,6 @@ class Gateway:
             return None
         tokens = self.limits.estimate(request.ctx.prompt_tokens, request.ctx.max_tokens)
         return await self.limits.reserve_deployment(request.id, deployment.id, tokens)
-
-    async def _exchange(self, attempt: Attempt) -> bytes:
-        deployment = attempt.deployment
-        provider = deployment.provider
-        ctx = attempt.ctx
-        upstream = provider.build_request(ctx.endpoint, ctx.body)
-        with self._transport.errors(deployment, "waiting for the reply"):
-            response = await self._transport.post(deployment, upstream, ctx.request_id)
-            try:
-                data = await read_reply(response, self._max_reply_bytes, deployment)
-            except BaseException:
-                response.close()  # a reply over the cap (or cut short): abort, never pool
-                raise
-            response.release()
-        if response.status >= 400:
-            error = provider.parse_error(response.status, data)
-            raise self._upstream_error(deployment, error, response)
-        attempt.last_byte_at = asyncio.get_running_loop().time()
-        try:
-            body, attempt.usage = provider.parse_response(ctx.endpoint, response.status, data)
-        except UpstreamConnectionError as exc:  # the provider does not know the deployment
-            raise UpstreamConnectionError(
-                f"deployment {deployment.id}: {exc.message}", code=exc.code
-            ) from exc
-        return self._redact.data(body)
-
-    async def _open_stream(self, attempt: Attempt, continuing: Transcript | None = None) -> Opened:
-        """Send a streamed request and wait for its first output. A ``stream_resume``
-        model's translator records what is sent (:class:`Transcript`); ``continuing``: the
-        transcript of the stream this attempt continues (its output is rewritten to read as
-        that stream's)."""
-        deployment = attempt.deployment
-        provider = deployment.provider
-        ctx = attempt.ctx
-        upstream = provider.build_request(ctx.endpoint, ctx.body)
-        translator: StreamTranslator = provider.stream_translator(ctx.endpoint, ctx.body)
-        if self._redact:
-            translator = Redacting(translator, self._redact)
-        chat = ctx.endpoint is Endpoint.CHAT
-        if continuing is not None:
-            continuing.follow(Continuation(translator, continuing, continuing.pieces, chat))
-            translator = continuing
-        elif (
-            deployment.model in self._resumes
-            and ctx.endpoint is not Endpoint.EMBEDDINGS
-            and ctx.body.get("n") in (None, 1)  # one choice: n > 1 streams are not resumed
-        ):
-            translator = Transcript(translator, chat)
-        attempt.engine_queued = _engine_queue(deployment)
-        with self._transport.errors(deployment, "waiting for the first byte"):
-            async with asyncio.timeout(deployment.config.timeouts.first_byte):
-                response = await self._transport.post(deployment, upstream, ctx.request_id)
-                try:
-                    if response.status >= 400:
-                        error = provider.parse_error(response.status, await response.read())
-                        raise self._upstream_error(deployment, error, response)
-                    first = await first_output(response, translator, deployment)
-                except BaseException:
-                    response.close()
-                    raise
-        attempt.first_byte_at = attempt.last_byte_at = asyncio.get_running_loop().time()
-        attempt.relayed_events = first.count(b"data:")
-        self._observers.on_first_byte(attempt)
-        return Opened(response, translator, first)
-
-    def _upstream_error(
-        self, deployment: Deployment, error: UpstreamStatusError, response: UpstreamResponse
-    ) -> GatewayError:
-        """The upstream's error as the client should see it: configured secrets and internal
-        origins scrubbed from its text (an upstream may echo the request's headers), and the
-        ``Retry-After`` of a 429/503 kept (outlier detection honours it too).
-
-        A 401/403/407 from an upstream means the *gateway's* credentials for that deployment
-        are wrong: not the client's fault, so it is a retryable 502 that counts against the
-        deployment, and the upstream's message (which may quote the key) is not relayed.
-        """
-        if error.status in (401, 403, 407):
-            log.error(
-                "deployment %s rejected the gateway's credentials (HTTP %d)",
-                deployment.id,
-                error.status,
-            )
-            return UpstreamConnectionError(
-                f"deployment {deployment.id} rejected the gateway's credentials "
-                f"(HTTP {error.status}); check its api_key",
-                code="upstream_auth_failed",
-            )
-        scrub(error, self._redact)
-        if error.status in (429, 503):
-            wait = parse_retry_after(response.headers, time.time())
-            if wait is not None:
-                error.set_retry_after(wait)
-        return error
 
     # --- 6: account ----------------------------------------------------------------------
 
@@ -657,14 +563,6 @@ def _fits(route: ModelRoute, ctx: RouteContext) -> bool:
         and d.provider.supports(ctx.endpoint)
         for d in route.deployments
     )
-
-
-def _engine_queue(deployment: Deployment) -> bool:
-    """Whether the engine had a queue when this request was sent (then TTFT is not prefill)."""
-    engine = deployment.state.engine
-    if engine is None or deployment.state.engine_stale:
-        return deployment.state.in_flight > 1
-    return engine.waiting + max(0, deployment.state.in_flight - engine.in_flight_at_scrape) > 1
 
 
 def _quota_spent(spent: DeploymentQuotaSpent) -> RateLimitError:

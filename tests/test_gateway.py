@@ -429,7 +429,7 @@ async def test_a_reply_over_the_cap_is_aborted_and_another_deployment_answers(ma
         return FakeResponse(200, [chat_reply()])
 
     p = await make(handler)
-    p.gateway._max_reply_bytes = 64 * 1024
+    p.gateway._send._max_reply_bytes = 64 * 1024
     for _ in range(2):
         assert b'"usage"' in await p.complete()
     big = [
@@ -445,7 +445,7 @@ async def test_a_reply_over_the_cap_from_the_only_deployment_is_a_502(make: Any)
         lambda d, r: FakeResponse(200, [b"x" * 40_000, b"y" * 40_000]),
         deployments=[{"id": "solo", "base_url": "http://127.0.0.1:9000/v1", "model": "m"}],
     )
-    p.gateway._max_reply_bytes = 64 * 1024
+    p.gateway._send._max_reply_bytes = 64 * 1024
     with pytest.raises(GatewayError) as info:
         await p.complete()
     assert (info.value.status, info.value.code) == (502, "upstream_reply_too_large")
