@@ -49,7 +49,7 @@ from aigw.limits import Booking, DeploymentQuotaSpent, RateLimits
 from aigw.providers.continuation import continuation_body
 from aigw.redaction import Redactor
 from aigw.relay import Opened, UpstreamStream
-from aigw.resume import Transcript
+from aigw.resume import Transcript, prefix
 from aigw.routing.context import ContextBuilder
 from aigw.routing.retries import Failover, RetryPolicy, exhausted_error
 from aigw.routing.router import ModelRoute, Router, Selection
@@ -420,7 +420,7 @@ class Gateway:
         ):
             return None
         ctx = request.ctx
-        body = continuation_body(ctx.endpoint, ctx.body, transcript.text, transcript.pieces)
+        body = continuation_body(ctx.endpoint, ctx.body, prefix(transcript.text), transcript.pieces)
         if body is None:
             return None
         await self._settle(live.dispatch, error)  # counts against it; frees its slot

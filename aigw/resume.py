@@ -35,7 +35,7 @@ import orjson
 from aigw.providers import StreamTranslator
 from aigw.types import Usage
 
-__all__ = ["Continuation", "Transcript"]
+__all__ = ["Continuation", "Transcript", "prefix"]
 
 _DONE = b"[DONE]"
 # The hot path's one regex: a content string (its JSON-escaped body captured), or a marker
@@ -169,7 +169,7 @@ class Continuation:
     """A continuation's stream translator whose output reads as the rest of the first
     stream's (see the module's docstring). ``prior_tokens``: completion tokens already sent."""
 
-    __slots__ = ("_chat", "_first", "_inner", "_prior")
+    __slots__ = ("_chat", "_first", "_inner", "_prior", "_trim")
 
     def __init__(
         self, inner: StreamTranslator, first: Transcript, prior_tokens: int, chat: bool
@@ -178,6 +178,10 @@ class Continuation:
         self._first = first
         self._prior = prior_tokens
         self._chat = chat
+        # The prefix to continue is sent without its trailing whitespace (see prefix()); the
+        # client has it, so the same whitespace opening the continuation is not sent again.
+        text = first.text
+        self._trim = text[len(text.rstrip()) :]
 
     def feed(self, chunk: bytes) -> bytes:
         out = self._inner.feed(chunk)
@@ -237,23 +241,51 @@ class Continuation:
                 "completion_tokens": whole.completion_tokens,
                 "total_tokens": whole.total_tokens,
             }
-        if not self._chat:
-            return True
         choices = event.get("choices")
         if not isinstance(choices, list) or not choices:
             return True
         kept = []
         for choice in choices:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if isinstance(delta, dict) and "role" in delta:
-                del delta["role"]  # the client had the role from the first stream
-                if not delta.get("content") and len(delta) <= 1 and not choice.get("finish_reason"):
-                    continue  # the opening role-only chunk
+            if not isinstance(choice, dict):
+                continue
+            holder = choice.get("delta") if self._chat else choice
+            if not isinstance(holder, dict):
+                kept.append(choice)
+                continue
+            holder.pop("role", None)  # the client had the role from the first stream
+            key = "content" if self._chat else "text"
+            text = holder.get(key)
+            if self._trim and isinstance(text, str) and text:
+                holder[key] = text = self._trimmed(text)
+            if not text and not choice.get("finish_reason") and not _other_fields(holder, key):
+                continue  # the opening role-only chunk, or whitespace the client had
             kept.append(choice)
         if not kept and not isinstance(usage, dict):
             return False
         event["choices"] = kept
         return True
+
+    def _trimmed(self, text: str) -> str:
+        """``text`` less the leading whitespace the client already has (``_trim``)."""
+        trim = self._trim
+        n = 0
+        while n < len(text) and n < len(trim) and text[n] == trim[n]:
+            n += 1
+        self._trim = trim[n:] if n == len(text) else ""
+        return text[n:]
+
+
+def prefix(text: str) -> str:
+    """The prefix a continuation is asked to continue: the text sent, without trailing
+    whitespace (Anthropic refuses a prefill that ends with whitespace, and a prefix that ends
+    on a word lets the model write its next word whole); :class:`Continuation` drops that
+    whitespace again from the continuation's opening."""
+    return text.rstrip()
+
+
+def _other_fields(holder: dict[str, Any], key: str) -> bool:
+    """Whether a delta (or a completion choice) carries more than its text and index."""
+    return any(k not in (key, "index", "finish_reason", "logprobs") for k in holder)
 
 
 def _int(value: object) -> int:

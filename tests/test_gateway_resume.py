@@ -296,3 +296,70 @@ async def test_two_resumes_when_allowed_continue_from_all_the_text_sent(make: An
     assert content(evs) == "Hello world"
     assert evs[-2]["usage"]["completion_tokens"] == 4
     assert evs[-2]["id"] == "chatcmpl-1"
+
+
+def anthropic_sse(*events: tuple[str, dict[str, Any]]) -> list[bytes]:
+    return [
+        f"event: {kind}\n".encode() + b"data: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+        for kind, data in events
+    ]
+
+
+def anthropic_stream(input_tokens: int, *texts: str, end: bool) -> list[bytes]:
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude",
+        "content": [],
+        "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+    }
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"message": message}),
+        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+    ]
+    events += [
+        ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": t}})
+        for t in texts
+    ]
+    if end:
+        events += [
+            ("content_block_stop", {"index": 0}),
+            (
+                "message_delta",
+                {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": len(texts)}},
+            ),
+            ("message_stop", {}),
+        ]
+    return anthropic_sse(*events)
+
+
+async def test_an_anthropic_stream_resumes_with_an_assistant_prefill(make: Any) -> None:
+    def handler(deployment: Deployment, request: UpstreamRequest) -> FakeResponse:
+        body = orjson.loads(request.body)
+        if body["messages"][-1]["role"] == "assistant":
+            return FakeResponse(200, anthropic_stream(12, "ld!", end=True))
+        return FakeResponse(
+            200, dying(anthropic_stream(10, "Hello", " wor", end=False), ConnectionResetError())
+        )
+
+    p = await make(
+        handler,
+        dep={"provider": "anthropic", "base_url": "http://127.0.0.1:9000", "api_key": "k"},
+    )
+    text, code = await p.stream()
+    assert code is None
+    evs = events(text)
+    assert content(evs) == "Hello world!"
+    assert evs.count("[DONE]") == 1 and evs[-1] == "[DONE]"
+    chunks = [e for e in evs if isinstance(e, dict)]
+    assert len({e["id"] for e in chunks}) == 1
+    assert len([c for e in chunks for c in e["choices"] if "role" in c["delta"]]) == 1
+    assert chunks[-1]["usage"]["completion_tokens"] == 3  # 2 sent + 1 continued
+    assert chunks[-1]["usage"]["prompt_tokens"] == 10
+    sent = p.transport.sent[1][1]
+    assert sent["messages"][-1]["role"] == "assistant"
+    assert "Hello wor" in orjson.dumps(sent["messages"][-1]["content"]).decode()
+    assert "continue_final_message" not in sent
+    assert sent["max_tokens"] == 48
+    assert p.in_flight() == {"a": 0, "b": 0}

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from aigw.resume import Continuation, Transcript
+from aigw.resume import Continuation, Transcript, prefix
 from aigw.types import Usage
 
 
@@ -87,3 +87,23 @@ def test_a_continuation_reads_as_the_rest_of_the_first_stream() -> None:
     assert events[-1]["usage"] == {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
     assert out.endswith(b"data: [DONE]\n\n")
     assert c.usage == Usage(11, 4)
+
+
+def test_whitespace_left_out_of_the_prefix_is_not_sent_twice() -> None:
+    first = Transcript(Echo(), chat=True)
+    first.feed(event({"content": "Hello"}) + event({"content": " \n"}))
+    assert prefix(first.text) == "Hello"
+    c = Continuation(Echo(), first, prior_tokens=2, chat=True)
+    out = c.feed(event({"content": " "}, n=2))  # all of it already sent: dropped
+    assert out == b""
+    out = c.feed(event({"content": "\nworld"}, n=2) + event({"content": " again"}, n=2))
+    texts = [orjson.loads(x[6:])["choices"][0]["delta"]["content"] for x in out.split(b"\n\n") if x]
+    assert texts == ["world", " again"]  # trimmed once, at the opening only
+
+
+def test_a_continuation_opening_with_other_whitespace_keeps_it() -> None:
+    first = Transcript(Echo(), chat=True)
+    first.feed(event({"content": "Hello "}))
+    c = Continuation(Echo(), first, prior_tokens=1, chat=True)
+    out = c.feed(event({"content": "\tworld"}, n=2))
+    assert orjson.loads(out[6:])["choices"][0]["delta"]["content"] == "\tworld"
