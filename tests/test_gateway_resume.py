@@ -363,3 +363,61 @@ async def test_an_anthropic_stream_resumes_with_an_assistant_prefill(make: Any) 
     assert "continue_final_message" not in sent
     assert sent["max_tokens"] == 48
     assert p.in_flight() == {"a": 0, "b": 0}
+
+
+async def test_a_completions_stream_resumes_from_its_prompt_plus_the_text_sent(make: Any) -> None:
+    def completion(n: int, text: str, finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return {
+            "id": f"cmpl-{n}",
+            "object": "text_completion",
+            "created": n,
+            "model": "m",
+            "choices": [choice],
+        }
+
+    def handler(deployment: Deployment, request: UpstreamRequest) -> FakeResponse:
+        body = orjson.loads(request.body)
+        if body["prompt"] == "Once":
+            return FakeResponse(
+                200, dying(sse(completion(1, " upon"), completion(1, " a")), ConnectionResetError())
+            )
+        assert body["prompt"] == "Once upon a"
+        assert body["max_tokens"] == 8
+        return FakeResponse(200, sse(completion(2, " time", "length"), "[DONE]"))
+
+    p = await make(handler)
+    body = {"model": "chat", "prompt": "Once", "stream": True, "max_tokens": 10}
+    stream = await p.gateway.open_stream(p.principal, Endpoint.COMPLETIONS, body, p.meta)
+    got: list[bytes] = []
+
+    async def send(data: bytes) -> None:
+        got.append(data)
+
+    assert await stream.relay(send) is None
+    evs = events(b"".join(got))
+    assert "".join(e["choices"][0]["text"] for e in evs if isinstance(e, dict)) == " upon a time"
+    assert {e["id"] for e in evs if isinstance(e, dict)} == {"cmpl-1"}
+    assert evs.count("[DONE]") == 1
+
+
+async def test_a_client_gone_while_the_continuation_opens_releases_everything(
+    make: Any,
+) -> None:
+    opened = asyncio.Event()
+
+    async def handler(deployment: Deployment, request: UpstreamRequest) -> FakeResponse:
+        if orjson.loads(request.body).get("continue_final_message"):
+            opened.set()
+            await asyncio.sleep(3600)  # the continuation never answers
+        return FakeResponse(200, dying(first_part(), ConnectionResetError()))
+
+    p = await make(handler)
+    before = await p.tokens_remaining()
+    relay = asyncio.create_task(p.stream())
+    await asyncio.wait_for(opened.wait(), 5)
+    relay.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await relay
+    assert p.in_flight() == {"a": 0, "b": 0}
+    assert await p.tokens_remaining() <= before  # reconciled, never charged twice
