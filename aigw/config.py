@@ -345,11 +345,12 @@ class RoutingConfig(_Strict):
 
 class DemotionConfig(_Strict):
     """Predictive demotion: down-weight a deployment that trends worse than its peers before
-    it fails outright (:func:`aigw.routing.health.demotion`).
+    it fails outright (:func:`aigw.routing.health.demote`).
 
     Peers: the model's other deployments of the same kind (gpu or cloud) with at least
-    ``min_samples`` observations. Latency: its time-to-first-byte EWMA over ``latency_ratio``
-    x the peers' median divides its share by how far past that it is. Errors: its error-rate
+    ``min_samples`` observations. Latency: its slowdown (time-to-first-byte EWMA over its own
+    baseline, so mixed hardware is not demoted for being slower) over ``latency_ratio`` x the
+    peers' median slowdown divides its share by how far past that it is. Errors: its error-rate
     EWMA ``error_margin`` above the peers' median takes that excess off its share. The share
     never goes below ``min_share`` (it keeps some traffic, so it can show it recovered).
     """

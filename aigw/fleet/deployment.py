@@ -42,6 +42,7 @@ class DeploymentState:
     probe_streak: int = 0  # consecutive probe results contrary to probe_up (towards rise/fall)
     slow_start_from: float = 0.0  # loop time it re-entered rotation; its share ramps from there
     demotion: float = 1.0  # share multiplier from predictive demotion (aigw.routing.health)
+    ttft_baseline: float | None = None  # demotion's reference: its lowest ttft EWMA, relaxing
     ttft: Ewma = field(default_factory=Ewma)  # seconds to the first streamed byte
     tpot: Ewma = field(default_factory=Ewma)  # seconds per output token after the first
     latency: PeakEwma = field(default_factory=PeakEwma)  # time to first byte, peak-EWMA

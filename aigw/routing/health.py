@@ -21,6 +21,10 @@ from aigw.fleet.deployment import Deployment, DeploymentState
 __all__ = ["SLOW_START_FLOOR", "OutlierDetector", "demote", "share"]
 
 SLOW_START_FLOOR = 0.1  # a recovered deployment's share right after it is back
+# Per demotion evaluation (health.sync_interval_s, 2 s), a deployment's latency baseline
+# rises by this fraction of its gap to the current EWMA: a time constant of ~100 evaluations
+# (~3 min), slow beside a degradation that demotion should catch, quick beside a deploy.
+BASELINE_RELAX = 0.01
 
 
 class OutlierDetector:
@@ -166,10 +170,16 @@ def demote(deployments: Sequence[Deployment], config: DemotionConfig) -> None:
     """Set ``state.demotion`` of each of one model's ``deployments`` from how its signals
     compare with its peers' (same kind: gpu or cloud, at least ``min_samples`` each).
 
-    Latency: ``r = ttft / median(peers' ttft)``; past ``latency_ratio`` the share is
-    ``latency_ratio / r`` (twice as far past it: half the share). Errors: an error-rate EWMA
-    ``e`` more than ``error_margin`` above the peers' median ``m`` multiplies the share by
-    ``1 - (e - m)``. Floored at ``min_share``; 1.0 without enough peers or samples.
+    Latency is judged against each deployment's own past, so a fleet of mixed hardware (an
+    L4 beside an H100) is not demoted for being what it is: its *slowdown* ``s`` is its
+    time-to-first-byte EWMA over its baseline (the lowest that EWMA has been, relaxing
+    upwards by :data:`BASELINE_RELAX` of the gap per evaluation, so a lasting change becomes
+    the new normal in a few minutes). ``r = s / median(peers' s)``: a fleet-wide slowdown
+    (more load, longer prompts) moves every ``s`` alike and demotes nobody; past
+    ``latency_ratio`` the share is ``latency_ratio / r`` (twice as far past it: half the
+    share). Errors: an error-rate EWMA ``e`` more than ``error_margin`` above the peers'
+    median ``m`` multiplies the share by ``1 - (e - m)``. Floored at ``min_share``; 1.0
+    without enough peers or samples.
     """
     for d in deployments:
         d.state.demotion = 1.0
@@ -181,21 +191,36 @@ def demote(deployments: Sequence[Deployment], config: DemotionConfig) -> None:
             for d in deployments
             if d.config.is_cloud is cloud and d.state.ttft.count >= config.min_samples
         ]
-        if len(group) < 2:
-            continue
+        if len(group) >= 2:
+            for d in group:
+                peers = [p.state for p in group if p is not d]
+                d.state.demotion = _demotion(d.state, peers, config)
         for d in group:
-            peers = [p.state for p in group if p is not d]
-            d.state.demotion = _demotion(d.state, peers, config)
+            _update_baseline(d.state)
+
+
+def _update_baseline(state: DeploymentState) -> None:
+    ttft = state.ttft.get(0.0)
+    baseline = state.ttft_baseline
+    if baseline is None or ttft <= baseline:
+        state.ttft_baseline = ttft
+    else:
+        state.ttft_baseline = baseline + BASELINE_RELAX * (ttft - baseline)
+
+
+def _slowdown(state: DeploymentState) -> float:
+    baseline = state.ttft_baseline
+    return state.ttft.get(0.0) / baseline if baseline else 1.0
 
 
 def _demotion(
     state: DeploymentState, peers: Sequence[DeploymentState], config: DemotionConfig
 ) -> float:
     weight = 1.0
-    median_ttft = statistics.median(p.ttft.get(0.0) for p in peers)
-    ttft = state.ttft.get(0.0)
-    if median_ttft > 0 and ttft > config.latency_ratio * median_ttft:
-        weight *= config.latency_ratio * median_ttft / ttft
+    median_slowdown = statistics.median(_slowdown(p) for p in peers)
+    slowdown = _slowdown(state)
+    if slowdown > config.latency_ratio * median_slowdown:
+        weight *= config.latency_ratio * median_slowdown / slowdown
     excess = state.errors.get(0.0) - statistics.median(p.errors.get(0.0) for p in peers)
     if excess > config.error_margin:
         weight *= 1.0 - excess
