@@ -145,14 +145,23 @@ class OutlierDetector:
         """In rotation: not ejected (nor holding for a Retry-After) and not probed down."""
         return state.ejected_until <= now and state.probe_up is not False
 
-    @staticmethod
-    def apply_shared(state: DeploymentState, seconds: float, now: float) -> None:
-        """Another instance ejected this deployment for ``seconds`` more: so does this one
-        (never shortening its own ejection); it ramps up from when that ends."""
+    def apply_shared(self, deployment: Deployment, seconds: float, now: float) -> bool:
+        """Another instance ejected ``deployment`` for ``seconds`` more: so does this one
+        (never shortening its own ejection), within the same ``max_ejection_percent`` cap as
+        its own ejections (two instances that each ejected a different deployment must not
+        take a whole model out of rotation between them); it ramps up from when that ends.
+        True when applied."""
+        state = deployment.state
         until = now + seconds
-        if until > state.ejected_until:
-            state.ejected_until = until
-            state.slow_start_from = until
+        if until <= state.ejected_until:
+            return True
+        if state.ejected_until <= now and not self._may_eject(
+            state, self._peers.get(deployment.model, ()), now
+        ):
+            return False
+        state.ejected_until = until
+        state.slow_start_from = until
+        return True
 
 
 def share(state: DeploymentState, now: float, slow_start_s: float) -> float:

@@ -36,7 +36,7 @@ import httpx
 
 from aigw.config import HealthConfig, ProbeConfig
 from aigw.fleet.deployment import Deployment, DeploymentState
-from aigw.routing.health import OutlierDetector, demote
+from aigw.routing.health import demote
 from aigw.routing.router import Router
 
 __all__ = ["HealthMonitor", "SharedEjections", "probe_url", "record_probe"]
@@ -50,6 +50,8 @@ class SharedEjections(Protocol):
     async def eject(self, deployment_id: str, seconds: float, owner: str) -> None: ...
 
     async def ejections(self, deployment_ids: Sequence[str], owner: str) -> dict[str, float]: ...
+
+    async def clear(self, deployment_id: str) -> None: ...
 
 
 def probe_url(deployment: Deployment, probe: ProbeConfig) -> str:
@@ -112,7 +114,8 @@ class HealthMonitor:
             for d in router.deployments.values()
             if (probe := d.config.probe) is not None
         ]
-        self._pending: list[tuple[str, float]] = []  # ejections to share
+        # To share: (deployment id, seconds ejected), or seconds None: back (probed up).
+        self._pending: list[tuple[str, float | None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         router.health.on_eject = self._ejected
@@ -175,6 +178,9 @@ class HealthMonitor:
             ok = False
         deployment = target.deployment
         changed = record_probe(deployment.state, ok, probe, self._clock())
+        if changed and self._shared is not None:
+            # Back: no instance should go on applying an ejection shared before this.
+            self._pending.append((deployment.id, None))
         if changed is not None:
             log.warning(
                 "deployment %s is %s (active probe %s)",
@@ -196,12 +202,17 @@ class HealthMonitor:
         deployments = self._router.deployments
         left = await self._shared.ejections(list(deployments), self._owner)
         now = self._clock()
+        detector = self._router.health
         for deployment_id, seconds in left.items():
-            OutlierDetector.apply_shared(deployments[deployment_id].state, seconds, now)
+            deployment = deployments[deployment_id]
+            detector.apply_shared(deployment, seconds, now)
 
     async def _publish(self) -> None:
         pending, self._pending = self._pending, []
         if self._shared is None:
             return
         for deployment_id, seconds in pending:
-            await self._shared.eject(deployment_id, seconds, self._owner)
+            if seconds is None:
+                await self._shared.clear(deployment_id)
+            else:
+                await self._shared.eject(deployment_id, seconds, self._owner)

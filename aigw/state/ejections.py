@@ -45,6 +45,11 @@ class EjectionStore(Protocol):
         than ``owner`` (absent: not ejected, or only by ``owner`` itself). One round trip."""
         ...
 
+    async def clear(self, deployment_id: str) -> None:
+        """``deployment_id`` is back (an active probe saw it recover): forget its ejection,
+        whoever stored it, so that no instance applies it after this."""
+        ...
+
 
 class MemoryEjectionStore:
     """:class:`EjectionStore` in this process. ``clock``: monotonic seconds (``loop.time``);
@@ -72,6 +77,9 @@ class MemoryEjectionStore:
             elif found[1] != owner:
                 left[deployment_id] = found[0] - now
         return left
+
+    async def clear(self, deployment_id: str) -> None:
+        self._until.pop(deployment_id, None)
 
 
 class RedisEjectionStore:
@@ -107,6 +115,14 @@ class RedisEjectionStore:
                 left[deployment_id] = ttl_ms / 1000.0
         return left
 
+    async def clear(self, deployment_id: str) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._redis.delete(self._prefix + deployment_id)
+        except (RedisError, OSError) as exc:
+            message = "did not answer in time" if isinstance(exc, TimeoutError) else str(exc)
+            raise StateUnavailableError(f"redis (ejections): {message}") from exc
+
 
 class ResilientEjectionStore:
     """A Redis :class:`EjectionStore` with a local stand-in while Redis is down (sharing
@@ -134,3 +150,11 @@ class ResilientEjectionStore:
             except StateUnavailableError as exc:
                 self._health.trip(exc)
         return await self._local.ejections(deployment_ids, owner)
+
+    async def clear(self, deployment_id: str) -> None:
+        await self._local.clear(deployment_id)
+        if not self._health.down:
+            try:
+                await self._redis.clear(deployment_id)
+            except StateUnavailableError as exc:
+                self._health.trip(exc)

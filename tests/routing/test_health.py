@@ -9,7 +9,7 @@ from collections import Counter
 from aigw.config import DemotionConfig, HealthConfig
 from aigw.configfile import parse_config
 from aigw.fleet.deployment import DeploymentState
-from aigw.routing.health import OutlierDetector, demote, share
+from aigw.routing.health import demote, share
 from aigw.routing.router import Router
 from aigw.types import Endpoint, RouteContext
 
@@ -246,11 +246,27 @@ def test_traffic_shifts_away_from_a_degrading_deployment_before_it_fails() -> No
 
 
 def test_shared_ejection_never_shortens_a_local_one() -> None:
-    state = DeploymentState(ejected_until=50.0)
-    OutlierDetector.apply_shared(state, 10.0, now=20.0)
-    assert state.ejected_until == 50.0
-    OutlierDetector.apply_shared(state, 40.0, now=20.0)
-    assert state.ejected_until == 60.0 and state.slow_start_from == 60.0
+    clock = Clock()
+    r = make_router(clock, n=2, max_ejection_percent=100)
+    d0 = r.deployments["d0"]
+    d0.state.ejected_until = 150.0
+    assert r.health.apply_shared(d0, 10.0, now=clock.now)
+    assert d0.state.ejected_until == 150.0
+    assert r.health.apply_shared(d0, 80.0, now=clock.now)
+    assert d0.state.ejected_until == 180.0 and d0.state.slow_start_from == 180.0
+
+
+def test_shared_ejections_obey_the_same_cap_as_local_ones() -> None:
+    """Two instances that each ejected a different deployment of a three-deployment model
+    (cap: one): applying the other's would take two of three out while the third answers."""
+    clock = Clock()
+    r = make_router(clock, n=3)
+    assert fail(r, "d0", clock.now)  # this instance's own ejection: the one allowed
+    assert not r.health.apply_shared(r.deployments["d1"], 30.0, clock.now)
+    assert r.health.is_available(r.deployments["d1"].state, clock.now)
+    clock.now += 10  # d0 is back: the shared one fits now
+    assert r.health.apply_shared(r.deployments["d1"], 30.0, clock.now)
+    assert not r.health.is_available(r.deployments["d1"].state, clock.now)
 
 
 def test_passive_defaults_are_unchanged() -> None:

@@ -170,3 +170,50 @@ async def test_ejections_are_shared_within_one_sync_interval() -> None:
         for m in monitors:
             await m.stop()
         await client.aclose()
+
+
+async def test_a_deployment_probed_back_up_is_not_ejected_again_by_a_stale_shared_ejection() -> (
+    None
+):
+    """Instance 1 ejects d1 for a minute and shares it; d1 comes back and instance 2's probe
+    sees it: instance 2 lifts its copy and clears the shared one, so its next syncs do not
+    apply it again (nor does any instance that syncs later)."""
+    loop = asyncio.get_running_loop()
+    cfg = config(health={"interval_s": 0.05, "timeout_s": 0.05, "rise": 2, "fall": 3})
+    cfg = cfg.model_copy(
+        update={"health": cfg.health.model_copy(update={"base_ejection_seconds": 60.0})}
+    )
+    store = MemoryEjectionStore(loop.time)
+    d1_down = True
+
+    def second_sees(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503 if d1_down and request.url.host == "10.0.0.1" else 200)
+
+    clients = [
+        httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200))),
+        httpx.AsyncClient(transport=httpx.MockTransport(second_sees)),
+    ]
+    routers = [Router(cfg, loop.time, random.Random(i)) for i in range(2)]
+    monitors = [
+        HealthMonitor(r, cfg.health, c, store, random.Random(0), loop.time)
+        for r, c in zip(routers, clients, strict=True)
+    ]
+    for m in monitors:
+        m.start()
+    try:
+        first, second = routers
+        for _ in range(3):
+            attempt = Attempt(first.deployments["d1"], REQUEST, 1, loop.time())
+            first.health.on_failure(attempt, UpstreamConnectionError("refused"))
+        other = second.deployments["d1"].state
+        await until(lambda: other.probe_up is False and other.ejected_until > loop.time() + 30)
+        d1_down = False
+        await until(lambda: other.probe_up is True)
+        await asyncio.sleep(0.05 * 4)  # several sync intervals
+        assert second.health.is_available(other, loop.time())
+        assert await store.ejections(["d1"], owner="a third instance") == {}
+    finally:
+        for m in monitors:
+            await m.stop()
+        for c in clients:
+            await c.aclose()

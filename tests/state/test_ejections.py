@@ -75,6 +75,15 @@ async def test_an_ejection_is_never_shortened(ejections: Store) -> None:
     assert (await ejections.store.ejections([a], owner="gw3")) == {}  # gw3's now
 
 
+async def test_a_cleared_ejection_is_seen_by_nobody(ejections: Store) -> None:
+    a, b = ids()
+    await ejections.store.eject(a, 5.0, owner="gw1")
+    await ejections.store.eject(b, 5.0, owner="gw1")
+    await ejections.store.clear(a)  # gw2's probe saw it come back
+    assert set(await ejections.store.ejections([a, b], owner="gw3")) == {b}
+    await ejections.store.clear(a)  # clearing what is not there is no error
+
+
 async def test_nothing_asked_nothing_read(ejections: Store) -> None:
     assert await ejections.store.ejections([], owner="gw1") == {}
 
