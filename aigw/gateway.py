@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from aigw.admission import Admission
 from aigw.auth import Authenticator
@@ -404,25 +404,25 @@ class Gateway:
 
     async def _resume(
         self, request: _Request, live: _Live, error: GatewayError
-    ) -> tuple[Attempt, Opened] | None:
+    ) -> tuple[Attempt, Opened] | Literal["failed", "not_resumable"] | None:
         """Continuation failover (:mod:`aigw.resume`): after ``error`` broke the stream of
         ``live``, continue it on another deployment of the same model; the next attempt and
-        its opened stream, or None when it may not or could not (the caller then sends the
-        error). Only a retryable error is resumed; a resume is a retry (retry budget,
-        rotation, backoff) bounded by ``max_stream_resumes`` and the request's deadline."""
+        its opened stream, or why not: "not_resumable" when it may not be continued,
+        "failed" when no deployment could continue it, None when ``error`` is not retryable
+        (the upstream's own answer, not a break). The caller then sends the error. A resume
+        is a retry (retry budget, rotation, backoff) bounded by ``max_stream_resumes`` and
+        the request's deadline."""
+        if not error.retryable:
+            return None
         broken = live.dispatch.attempt
         model = broken.deployment.model
         transcript = live.transcript
-        if (
-            not error.retryable
-            or not transcript.can_resume
-            or live.resumes >= self._resumes.get(model, 0)
-        ):
-            return None
+        if not transcript.can_resume or live.resumes >= self._resumes.get(model, 0):
+            return "not_resumable"
         ctx = request.ctx
         body = continuation_body(ctx.endpoint, ctx.body, prefix(transcript.text), transcript.pieces)
         if body is None:
-            return None
+            return "not_resumable"
         await self._settle(live.dispatch, error)  # counts against it; frees its slot
         live.resumes += 1
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -447,7 +447,7 @@ class Gateway:
                 )
         except (GatewayError, TimeoutError) as exc:
             log.warning("stream of %s could not be resumed: %s", request.id, exc)
-            return None
+            return "failed"
         finally:
             failover.close()
         log.info(

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import orjson
 
@@ -28,6 +29,7 @@ __all__ = [
     "Opened",
     "Redacting",
     "Resume",
+    "ResumeOutcome",
     "UpstreamStream",
     "first_output",
     "read_reply",
@@ -86,7 +88,13 @@ async def first_output(
             return out
 
 
-Resume = Callable[[GatewayError], Awaitable[tuple[Attempt, Opened] | None]]
+# Why a broken stream was not continued: "failed" (no deployment could open a continuation
+# in time), "not_resumable" (it may not be continued: a tool call or a finish reason relayed,
+# its max_stream_resumes reached). "resumed" is what the relay notes when one was opened.
+ResumeOutcome = Literal["resumed", "failed", "not_resumable"]
+Resume = Callable[
+    [GatewayError], Awaitable[tuple[Attempt, Opened] | Literal["failed", "not_resumable"] | None]
+]
 
 
 class UpstreamStream:
@@ -94,8 +102,10 @@ class UpstreamStream:
 
     ``resume`` (continuation failover, :mod:`aigw.resume`; None when the model has it off) is
     asked, when the upstream breaks mid-stream, for a continuation: it settles the broken
-    attempt and returns the next attempt with its opened stream, or None (then the client
-    gets the error event as without it).
+    attempt and returns the next attempt with its opened stream; else why not (a
+    :data:`ResumeOutcome`), or None for an error that is not a break to continue (an
+    upstream's own refusal); then the client gets the error event as without it.
+    ``resumes``: the outcome of each break, in order (read by the request's record).
     """
 
     def __init__(
@@ -116,6 +126,7 @@ class UpstreamStream:
         self._account = account
         self._accounted = False
         self._resume = resume
+        self.resumes: tuple[ResumeOutcome, ...] = ()
 
     async def relay(self, send: Send) -> str | None:
         """Send every chunk as it arrives; end with an error event if the upstream breaks
@@ -132,6 +143,10 @@ class UpstreamStream:
                 resumed = await self._resume(error)
                 if resumed is None:
                     break
+                if isinstance(resumed, str):
+                    self.resumes = (*self.resumes, resumed)
+                    break
+                self.resumes = (*self.resumes, "resumed")
                 self.attempt, self._opened = resumed
                 await send(self._opened.first)
                 error = await self._pump(send)

@@ -96,6 +96,7 @@ class Pipeline:
         self.shared = shared
         self.meta = RequestMeta(authorization=f"Bearer {KEY}".encode())
         self.principal = self.gateway.authenticate(self.meta)
+        self.resumes: tuple[str, ...] = ()  # the last stream's (what its record counts)
 
     async def stream(self, body: dict[str, Any] = BODY) -> tuple[bytes, str | None]:
         stream = await self.gateway.open_stream(
@@ -107,6 +108,7 @@ class Pipeline:
             got.append(data)
 
         code = await stream.relay(send)
+        self.resumes = stream.resumes
         return b"".join(got), code
 
     def in_flight(self) -> dict[str, int]:
@@ -207,6 +209,7 @@ async def test_a_cut_stream_resumes_on_another_deployment_as_one_stream(make: An
     # The broken attempt counts against its deployment.
     broken = p.gateway.router.deployments[first_dep]
     assert broken.state.consecutive_failures == 1
+    assert p.resumes == ("resumed",)
 
 
 async def test_without_stream_resume_the_client_gets_one_error_event(make: Any) -> None:
@@ -218,6 +221,7 @@ async def test_without_stream_resume_the_client_gets_one_error_event(make: Any) 
     assert "[DONE]" not in evs
     assert "error" in evs[-1]
     assert len(p.transport.sent) == 1
+    assert p.resumes == ()  # no stream_resume: nothing for aigw_stream_resumes_total
 
 
 async def test_an_idle_upstream_is_resumed(make: Any) -> None:
@@ -244,6 +248,7 @@ async def test_an_upstreams_own_refusal_in_the_stream_is_not_resumed(make: Any) 
     text, _ = await p.stream()
     assert len(p.transport.sent) == 1
     assert events(text)[-1] == refusal
+    assert p.resumes == ()  # an answer, not a break: not counted as a resume outcome
 
 
 async def test_a_tool_call_stream_is_not_resumed(make: Any) -> None:
@@ -258,6 +263,7 @@ async def test_a_tool_call_stream_is_not_resumed(make: Any) -> None:
     _, code = await p.stream()
     assert code is not None
     assert len(p.transport.sent) == 1
+    assert p.resumes == ("not_resumable",)
 
 
 async def test_resumes_are_bounded_per_request(make: Any) -> None:
@@ -269,6 +275,7 @@ async def test_resumes_are_bounded_per_request(make: Any) -> None:
     assert code is not None
     assert len(p.transport.sent) == 2  # the stream and one continuation (max_stream_resumes: 1)
     assert content(events(text)) == "Hello worHello wor"  # each attempt's text, sent once
+    assert p.resumes == ("resumed", "not_resumable")
     assert p.in_flight() == {"a": 0, "b": 0, "c": 0}
 
 
@@ -296,6 +303,22 @@ async def test_two_resumes_when_allowed_continue_from_all_the_text_sent(make: An
     assert content(evs) == "Hello world"
     assert evs[-2]["usage"]["completion_tokens"] == 4
     assert evs[-2]["id"] == "chatcmpl-1"
+    assert p.resumes == ("resumed", "resumed")
+
+
+async def test_a_continuation_no_deployment_can_open_is_a_failed_resume(make: Any) -> None:
+    def handler(deployment: Deployment, request: UpstreamRequest) -> FakeResponse:
+        if orjson.loads(request.body).get("continue_final_message"):
+            raise ConnectionError("refused")
+        return FakeResponse(200, dying(first_part(), ConnectionResetError("cut")))
+
+    p = await make(handler)
+    text, code = await p.stream()
+    assert code is not None
+    assert "error" in events(text)[-1]
+    assert len(p.transport.sent) == 2  # the stream, and the continuation that failed
+    assert p.resumes == ("failed",)
+    assert p.in_flight() == {"a": 0, "b": 0}
 
 
 def anthropic_sse(*events: tuple[str, dict[str, Any]]) -> list[bytes]:

@@ -163,7 +163,12 @@ class ProxyEndpoint:
         async def send_chunk(chunk: bytes) -> None:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
-        record.error_code = await stream.relay(send_chunk)
+        try:
+            record.error_code = await stream.relay(send_chunk)
+        finally:
+            # A continuation (stream_resume) replaced the attempt: the record keeps the last.
+            record.attempt = stream.attempt
+            record.resumes = stream.resumes
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -5,9 +5,9 @@ gateways in one process, as in the tests and the demo, keep their own numbers). 
 :class:`~aigw.fleet.attempt.AttemptObserver` (upstream attempts, time to first token, time per
 output token, tokens, queue wait, routing decisions) and a
 :class:`~aigw.telemetry.records.RequestObserver` (requests by status, request duration,
-rate-limit rejections). Gauges (queue depth, deployment health and load, the engine signals of
-the last scrape, Redis) are read when Prometheus scrapes, by :class:`_StateCollector`, so the
-hot path never updates them.
+rate-limit rejections, continuation failovers). Gauges (queue depth, deployment health and
+load, the engine signals of the last scrape, Redis) are read when Prometheus scrapes, by
+:class:`_StateCollector`, so the hot path never updates them.
 
 Label sets are bounded by the config: ``model`` is a configured public model name (requests
 that named none are counted under ``model=""``), ``deployment`` a configured id (``""`` when no
@@ -150,6 +150,17 @@ class GatewayMetrics:
                 registry=r,
             )
         )
+        self._resumes = _Children(
+            Counter(
+                "aigw_stream_resumes",
+                "Streams of stream_resume models broken mid-way, by serving model and outcome: "
+                "resumed (a continuation went on on another deployment), failed (none could "
+                "open one), not_resumable (a tool call or finish reason relayed, or the "
+                "model's max_stream_resumes reached).",
+                ["model", "outcome"],
+                registry=r,
+            )
+        )
         self._decisions = _Children(
             Counter(
                 "aigw_routing_decisions",
@@ -192,6 +203,11 @@ class GatewayMetrics:
         self._duration(model).observe(record.duration_s)
         if record.status == 429:
             self._rejections(record.key or "anonymous", record.limit or "other").inc()
+        if record.resumes:
+            # The serving model (a fallback's, when one served): its stream_resume applied.
+            served = attempt.deployment.model if attempt is not None else model
+            for outcome in record.resumes:
+                self._resumes(served, outcome).inc()
 
     # --- AttemptObserver -------------------------------------------------------------------
 

@@ -25,7 +25,9 @@ class RequestRecord:
     (:data:`CLIENT_CLOSED` when it went away first). ``model`` is the configured public name
     (None when the request named no configured model: never a client-chosen string).
     ``key`` is the API key's *name*. ``error_code`` is the OpenAI error code sent, in the
-    error body or (``status`` 200) in an error event that ended a stream."""
+    error body or (``status`` 200) in an error event that ended a stream. ``resumes``: for
+    a stream of a ``stream_resume`` model, the outcome of each break (``resumed``,
+    ``failed``, ``not_resumable``; :data:`aigw.relay.ResumeOutcome`), in order."""
 
     __slots__ = (
         "attempt",
@@ -36,6 +38,7 @@ class RequestRecord:
         "limit",
         "model",
         "request_id",
+        "resumes",
         "started_at",
         "status",
         "stream",
@@ -54,6 +57,7 @@ class RequestRecord:
         self.error_code: str | None = None
         self.limit: str | None = None  # which limit refused it (a 429), e.g. "key_rpm"
         self.attempt: Attempt | None = None  # the last try, when one was made
+        self.resumes: tuple[str, ...] = ()
         self.trace: Any = None  # the tracer's handle on this request's span, when tracing
 
     @property

@@ -11,6 +11,7 @@ no text twice, one role chunk, one id, exactly one ``[DONE]``, usage of the whol
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
@@ -18,9 +19,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import deployment
-from tests.servers import ThreadedServer, serve_in_thread
+from tests.servers import ThreadedServer, free_port, serve_in_thread
 
 MODEL = "m"
 Start = Callable[..., ThreadedServer]
@@ -103,6 +105,23 @@ def contents(events: list[Any]) -> list[str]:
     ]
 
 
+def resume_outcomes(gateway: ThreadedServer, expected: int) -> dict[tuple[str, str], float]:
+    """``aigw_stream_resumes_total`` as {(model, outcome): count}, once it sums to
+    ``expected`` (a request is recorded just after its stream ends: a bounded wait)."""
+    deadline = time.monotonic() + 5
+    while True:
+        text = httpx.get(f"{gateway.url}/metrics").text
+        found = {
+            (sample.labels["model"], sample.labels["outcome"]): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "aigw_stream_resumes_total"
+        }
+        if sum(found.values()) >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("kind", ["cut", "silence", "malformed"])
 def test_without_stream_resume_a_broken_stream_ends_with_one_error_event(
     kind: str, servers: ExitStack, start_backend: Start, start_gateway: Start
@@ -114,6 +133,7 @@ def test_without_stream_resume_a_broken_stream_ends_with_one_error_event(
     errors = [e for e in events if isinstance(e, dict) and "error" in e]
     assert len(errors) == 1 and events[-1] is errors[0]
     assert "[DONE]" not in events
+    assert resume_outcomes(gateway, 0) == {}  # not a stream_resume model: no resume counted
 
 
 @pytest.mark.parametrize("kind", ["cut", "silence", "malformed"])
@@ -152,3 +172,25 @@ def test_with_stream_resume_a_broken_stream_completes_on_another_deployment(
     }
     assert continuation["continue_final_message"] is True
     assert continuation["max_tokens"] == TOKENS - before
+    assert resume_outcomes(gateway, 1) == {(MODEL, "resumed"): 1.0}
+    # The request is recorded under the deployment that ended it (its last attempt).
+    served = {
+        sample.labels["deployment"]
+        for family in text_string_to_metric_families(httpx.get(f"{gateway.url}/metrics").text)
+        for sample in family.samples
+        if sample.name == "aigw_requests_total"
+    }
+    assert served == {"healthy"}
+
+
+def test_a_stream_no_deployment_can_continue_is_counted_as_a_failed_resume(
+    servers: ExitStack, start_backend: Start, start_gateway: Start
+) -> None:
+    faulty = start_faulty("cut", servers, start_backend)
+    dead = deployment(f"http://127.0.0.1:{free_port()}", "dead")  # nothing listens there
+    model = {"name": MODEL, "stream_resume": True, "deployments": [faulty, dead]}
+    gateway = start_gateway({"models": [model]})
+    _, events = read_stream(gateway)  # the dead one fails before any byte: faulty serves
+    assert len(contents(events)) == SENT_BEFORE_FAULT["cut"]
+    assert "error" in events[-1] and "[DONE]" not in events
+    assert resume_outcomes(gateway, 1) == {(MODEL, "failed"): 1.0}
