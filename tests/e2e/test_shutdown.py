@@ -65,6 +65,7 @@ class StreamResult:
     ended_at: float = 0.0
     transport_error: str | None = None
     status: int = 0
+    deployment: str = ""  # x-aigw-deployment: the deployment that served it
 
     @property
     def done(self) -> bool:
@@ -86,6 +87,7 @@ async def stream(client: httpx.AsyncClient, url: str, tokens: int) -> StreamResu
     try:
         async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
             result.status = response.status_code
+            result.deployment = response.headers.get("x-aigw-deployment", "")
             async for line in response.aiter_lines():
                 if line.startswith("data: "):
                     result.events.append(line[6:].encode())
