@@ -2,8 +2,9 @@
 
 Embedding requests do not enter the generation engine (vLLM serves embeddings from a separate
 pooling model); each one waits ``step_seconds(prompt tokens, 0, 0) x slowdown x time_scale``
-and answers. Vectors are ``EMBEDDING_DIM`` floats derived from a hash of each input, so equal
-inputs always get equal vectors; ``encoding_format: "base64"`` (the OpenAI SDK's default) packs
+and answers. Vectors are ``dimensions`` floats (default ``EMBEDDING_DIM``, 64) derived from a
+hash of each input, so equal inputs always get equal vectors, and a shorter vector is the
+normalised head of a longer one; ``encoding_format: "base64"`` (the OpenAI SDK's default) packs
 them as little-endian float32.
 """
 
@@ -27,7 +28,7 @@ def embedding_seconds(profile: GpuProfile, params: EmbeddingParams) -> float:
 def embedding_response(params: EmbeddingParams, response_id: str) -> dict[str, Any]:
     data: list[dict[str, Any]] = []
     for index, raw in enumerate(params.inputs):
-        vector = embedding(raw)
+        vector = embedding(raw, params.dimensions)
         encoded: Any = embedding_base64(vector) if params.base64 else vector
         data.append({"index": index, "object": "embedding", "embedding": encoded})
     total = sum(params.tokens)

@@ -94,11 +94,13 @@ class Signal:
 
 class EngineRequest:
     """One sequence inside the engine. Mutable on purpose: the step loop owns and updates it;
-    handlers only read ``generated``, ``state`` and ``finish_reason``."""
+    handlers only read ``generated``, ``state``, ``finish_reason`` and ``cached_tokens`` (the
+    prompt tokens its first admission found in the prefix cache)."""
 
     __slots__ = (
         "arrival",
         "block_hashes",
+        "cached_tokens",
         "context",
         "finish_reason",
         "first_token_at",
@@ -136,6 +138,7 @@ class EngineRequest:
         self.state = SeqState.WAITING
         self.finish_reason: str | None = None
         self.generated = 0
+        self.cached_tokens = 0
         self.context = 0  # tokens to (re)compute when last admitted
         self.prefill_left = 0
         self.hashed: list[int] = []  # shared prefix blocks held
@@ -322,6 +325,7 @@ class Engine:
         req.state = SeqState.RUNNING
         self.running[req.request_id] = req
         if req.scheduled_at is None:
+            req.cached_tokens = hit_tokens
             req.scheduled_at = self._clock()
             self.metrics.queue_time.observe(req.scheduled_at - req.arrival)
         return min(req.prefill_left, budget)

@@ -1,11 +1,11 @@
 """One chat or completion request, from parsed parameters to the last byte on the wire.
 
-Each choice becomes one engine sequence (vLLM fans ``n > 1`` out the same way). Output lengths:
-with ``ignore_eos`` a choice produces exactly ``max_tokens``; otherwise a natural length drawn
-uniformly from ``NATURAL_LENGTH`` by the app's RNG, capped by ``max_tokens`` (finish reason
-"length" when the cap cut it, "stop" otherwise). Without ``max_tokens`` the cap is what is
-left of ``max_model_len``, as in vLLM. A forced tool call is three tokens: the call header
-(id and function name) and the arguments ``{}`` in two pieces.
+Each choice becomes one engine sequence (vLLM fans ``n > 1`` out the same way); what each says
+and when it ends is planned first (:mod:`aigw.sim.choices`: free text, structured output, a
+forced tool call, ``stop`` strings). ``logprobs`` (chat: ``logprobs``/``top_logprobs``;
+completions: ``logprobs``) are drawn per token as it is sent (:mod:`aigw.sim.logprobs`).
+``usage`` counts the tokens sent; ``prompt_tokens_details.cached_tokens`` the prompt tokens
+the prefix cache held when each prompt's first choice was admitted.
 
 A continuation, as the gateway's ``stream_resume`` sends it (a last assistant message with
 ``continue_final_message: true`` and ``add_generation_prompt: false``), needs nothing special:
@@ -23,21 +23,19 @@ import enum
 import logging
 import random
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from aigw.sim import wire
 from aigw.sim.asgi import Receive, Send, send_json, wait_disconnect
+from aigw.sim.choices import NATURAL_LENGTH, ChoicePlan, Planner
 from aigw.sim.engine import Engine, EngineRequest, SeqState, Signal
-from aigw.sim.params import BadRequest, GenerationParams
-from aigw.sim.text import Prompt, Vocabulary
+from aigw.sim.logprobs import Logprobs
+from aigw.sim.params import GenerationParams
+from aigw.sim.text import Vocabulary
 
 __all__ = ["NATURAL_LENGTH", "Generator", "Outcome"]
 
 log = logging.getLogger("aigw.sim")
-
-NATURAL_LENGTH = (8, 40)
-_TOOL_ARGUMENT_PIECES = ("{", "}")
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -48,15 +46,6 @@ class Outcome(enum.Enum):
     COMPLETED = "completed"
     ABORTED = "aborted"  # the client went away first
     FAILED = "failed"  # the server gave up (dropped the stream, engine shut down)
-
-
-@dataclass(frozen=True, slots=True)
-class _ChoicePlan:
-    index: int
-    prompt: Prompt
-    max_new: int
-    reason: str  # engine finish reason at max_new: "stop" or "length"
-    pieces: list[str]  # text per token; for a tool call, the argument pieces after the header
 
 
 class _Disconnect:
@@ -78,15 +67,6 @@ class _Disconnect:
         self.signal.notify()
 
 
-def _context_error(max_model_len: int, prompt: int, completion: int) -> BadRequest:
-    return BadRequest(
-        f"This model's maximum context length is {max_model_len} tokens. However, you "
-        f"requested {prompt + completion} tokens ({prompt} in the messages, {completion} in "
-        "the completion). Please reduce the length of the messages or completion.",
-        "messages",
-    )
-
-
 class Generator:
     """Runs generation requests against one engine; built once per app."""
 
@@ -95,46 +75,15 @@ class Generator:
     ) -> None:
         self._engine = engine
         self._rng = rng
-        self._vocab = vocab
-        self._max_model_len = max_model_len
-
-    def _plan(self, params: GenerationParams) -> list[_ChoicePlan]:
-        """One plan per choice; BadRequest when a prompt does not fit the context or cache."""
-        limit = self._max_model_len
-        plans: list[_ChoicePlan] = []
-        for p_index, prompt in enumerate(params.prompts):
-            requested = params.max_tokens or 0
-            if prompt.tokens + requested > limit or prompt.tokens >= limit:
-                raise _context_error(limit, prompt.tokens, requested)
-            cap = params.max_tokens or limit - prompt.tokens
-            for j in range(params.n):
-                if params.tool is not None:
-                    natural = 1 + len(_TOOL_ARGUMENT_PIECES)
-                elif params.ignore_eos:
-                    natural = cap
-                else:
-                    natural = self._rng.randint(*NATURAL_LENGTH)
-                max_new = min(cap, natural)
-                if not self._engine.fits(prompt.tokens + max_new):
-                    raise BadRequest(
-                        f"The request needs {prompt.tokens + max_new} tokens of KV cache but "
-                        "the simulated GPU cannot hold that many.",
-                        "max_tokens",
-                    )
-                if params.tool is not None:
-                    pieces = list(_TOOL_ARGUMENT_PIECES)
-                else:
-                    pieces = self._vocab.words(self._rng, max_new)
-                reason = "length" if natural > cap or params.ignore_eos else "stop"
-                plans.append(_ChoicePlan(p_index * params.n + j, prompt, max_new, reason, pieces))
-        return plans
+        self._planner = Planner(rng, vocab, max_model_len, engine.fits)
+        self._logprobs = Logprobs(vocab.spaced)
 
     async def run(
         self, params: GenerationParams, receive: Receive, send: Send, die_after: int | None
     ) -> Outcome:
         """Answer one request; ``die_after`` (streams only) drops the connection after that
         many tokens. Raises BadRequest before anything was sent."""
-        plans = self._plan(params)
+        plans = self._planner.plan(params)
         signal = Signal(per_token=params.stream)
         requests = [
             self._engine.submit(plan.prompt, plan.max_new, plan.reason, signal) for plan in plans
@@ -157,12 +106,13 @@ class Generator:
 
     def _finish_reason(self, params: GenerationParams, req: EngineRequest) -> str:
         reason = req.finish_reason or "stop"
-        return "tool_calls" if params.tool is not None and reason == "stop" else reason
+        forced = params.output.tool is not None
+        return "tool_calls" if forced and reason == "stop" else reason
 
     async def _respond(
         self,
         params: GenerationParams,
-        plans: list[_ChoicePlan],
+        plans: list[ChoicePlan],
         requests: list[EngineRequest],
         disconnect: _Disconnect,
         send: Send,
@@ -175,48 +125,77 @@ class Generator:
             await send_json(send, 500, wire.error_body(500, "request aborted by the engine"))
             return Outcome.FAILED
         response_id, created, tool_id = self._ids(params)
+        tool = params.output.tool
         choices: list[wire.Choice] = []
         for plan, req in zip(plans, requests, strict=True):
             reason = self._finish_reason(params, req)
-            if params.tool is None:
-                choices.append(wire.Choice(plan.index, "".join(plan.pieces), reason))
+            if tool is None:
+                tokens = plan.pieces[: req.generated]
+                logprobs = self._logprobs_of(params, tokens, 0)
+                text = "".join(tokens)
+                choices.append(
+                    wire.Choice(plan.index, text, reason, None, plan.stop_reason, logprobs)
+                )
             else:
-                arguments = "".join(plan.pieces[: req.generated - 1])
-                call = wire.ToolCall(tool_id, params.tool, arguments)
-                choices.append(wire.Choice(plan.index, "", reason, call))
+                tokens = plan.pieces[: req.generated - 1]
+                call = wire.ToolCall(tool_id, tool.name, "".join(tokens))
+                logprobs = self._logprobs_of(params, tokens, 0)
+                choices.append(wire.Choice(plan.index, "", reason, call, None, logprobs))
         use = _usage(params, requests)
         build = wire.chat_response if params.chat else wire.completion_response
         await send_json(send, 200, build(response_id, created, params.model, choices, use))
         return Outcome.COMPLETED
 
+    def _logprobs_of(
+        self, params: GenerationParams, tokens: list[str], offset: int
+    ) -> dict[str, Any] | None:
+        """The ``logprobs`` object of ``tokens`` (None when the request did not ask)."""
+        top = params.output.logprobs
+        if top is None:
+            return None
+        if params.chat:
+            return self._logprobs.chat(self._rng, tokens, top)
+        return self._logprobs.completion(self._rng, tokens, top, offset)
+
     def _token_chunk(
         self,
         params: GenerationParams,
         head: dict[str, Any],
-        plan: _ChoicePlan,
+        plan: ChoicePlan,
         k: int,
         finish: str | None,
         tool_id: str,
+        offset: int,
     ) -> bytes:
+        """The chunk of token ``k`` of ``plan``; ``offset``: where a completion's token starts
+        in the choice's text."""
+        tool = params.output.tool
         if not params.chat:
-            return wire.sse(wire.completion_chunk(head, plan.index, plan.pieces[k], finish))
-        if params.tool is None:
+            piece = plan.pieces[k]
+            logprobs = self._logprobs_of(params, [piece], offset)
+            stop_reason = plan.stop_reason if finish else None
+            chunk = wire.completion_chunk(head, plan.index, piece, finish, logprobs, stop_reason)
+            return wire.sse(chunk)
+        if tool is None:
             delta: dict[str, Any] = {"content": plan.pieces[k]}
+            logprobs = self._logprobs_of(params, [plan.pieces[k]], 0)
         elif k == 0:
-            function = {"name": params.tool, "arguments": ""}
+            function = {"name": tool.name, "arguments": ""}
             delta = {
                 "tool_calls": [
                     {"index": 0, "id": tool_id, "type": "function", "function": function}
                 ]
             }
+            logprobs = None
         else:
             delta = {"tool_calls": [{"index": 0, "function": {"arguments": plan.pieces[k - 1]}}]}
-        return wire.sse(wire.chat_chunk(head, plan.index, delta, finish))
+            logprobs = self._logprobs_of(params, [plan.pieces[k - 1]], 0)
+        return wire.sse(wire.chat_chunk(head, plan.index, delta, finish, logprobs))
 
     async def _stream(
         self,
         params: GenerationParams,
-        plans: list[_ChoicePlan],
+        plans: list[ChoicePlan],
         requests: list[EngineRequest],
         disconnect: _Disconnect,
         send: Send,
@@ -244,6 +223,7 @@ class Generator:
             else []
         )
         sent = [0] * len(requests)
+        offsets = [0] * len(requests)  # characters sent per choice (completion logprobs)
         budget = die_after
         while True:
             parts: list[bytes] = []
@@ -253,7 +233,10 @@ class Generator:
                     sent[i] = k + 1
                     last = req.state is SeqState.FINISHED and k + 1 == req.generated
                     finish = self._finish_reason(params, req) if last else None
-                    parts.append(self._token_chunk(params, head, plan, k, finish, tool_id))
+                    chunk = self._token_chunk(params, head, plan, k, finish, tool_id, offsets[i])
+                    parts.append(chunk)
+                    if not params.chat:
+                        offsets[i] += len(plan.pieces[k])
                     if budget is not None:
                         budget -= 1
             if disconnect.gone:
@@ -289,4 +272,5 @@ class Generator:
 
 def _usage(params: GenerationParams, requests: list[EngineRequest]) -> dict[str, Any]:
     prompt_tokens = sum(p.tokens for p in params.prompts)
-    return wire.usage(prompt_tokens, sum(req.generated for req in requests))
+    cached = sum(requests[i * params.n].cached_tokens for i in range(len(params.prompts)))
+    return wire.usage(prompt_tokens, sum(req.generated for req in requests), cached)

@@ -9,18 +9,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aigw.sim.text import Prompt, chat_prompt, text_prompt, token_prompt
+import orjson
+
+from aigw.sim.text import EMBEDDING_DIM, Prompt, chat_prompt, text_prompt, token_prompt
 
 __all__ = [
     "BadRequest",
     "EmbeddingParams",
+    "ForcedTool",
     "GenerationParams",
+    "OutputSpec",
     "parse_chat",
     "parse_completion",
     "parse_embedding",
 ]
 
 MAX_N = 128
+MAX_TOP_LOGPROBS = 20  # vLLM's default max_logprobs
+MAX_DIMENSIONS = 8192
+# json_object: some object, its values strings, integers or booleans
+ANY_OBJECT: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": {"type": ["string", "integer", "boolean"]},
+    "minProperties": 1,
+    "maxProperties": 4,
+}
 
 
 class BadRequest(Exception):
@@ -33,12 +46,36 @@ class BadRequest(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class ForcedTool:
+    """The function ``tool_choice`` forces, with the JSON Schema of its arguments."""
+
+    name: str
+    parameters: Any
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """What shapes the generated tokens, beyond their number.
+
+    ``tool``: a forced call, whose arguments satisfy its parameters. ``schema``: the JSON
+    Schema the content satisfies (``response_format`` json_schema, or a schema of any
+    object for json_object; vLLM's ``guided_json`` too), None for free text. ``stop``: the
+    output ends before the first of these strings. ``logprobs``: None for no log
+    probabilities, else how many alternatives to list per token.
+    """
+
+    tool: ForcedTool | None = None
+    schema: Any = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationParams:
     """What a chat or completion request asks the engine for.
 
     ``prompts`` has one entry for chat and one per prompt for completions; each prompt gets
-    ``n`` choices, numbered ``prompt_index * n + j``. ``tool`` names the function to call when
-    ``tool_choice`` forces a call.
+    ``n`` choices, numbered ``prompt_index * n + j``.
     """
 
     chat: bool
@@ -49,7 +86,7 @@ class GenerationParams:
     ignore_eos: bool
     stream: bool
     include_usage: bool
-    tool: str | None
+    output: OutputSpec = OutputSpec()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +95,7 @@ class EmbeddingParams:
     inputs: tuple[bytes, ...]
     tokens: tuple[int, ...]
     base64: bool
+    dimensions: int = EMBEDDING_DIM
 
 
 def _model(body: dict[str, Any], default: str) -> str:
@@ -101,7 +139,7 @@ def _common(body: dict[str, Any]) -> tuple[int, bool, bool, bool]:
     return n, stream, include_usage, _flag(body, "ignore_eos")
 
 
-def _forced_tool(body: dict[str, Any]) -> str | None:
+def _forced_tool(body: dict[str, Any]) -> ForcedTool | None:
     """The function a ``tool_choice`` forces, or None when the model may answer in text."""
     choice = body.get("tool_choice")
     tools = body.get("tools")
@@ -109,25 +147,93 @@ def _forced_tool(body: dict[str, Any]) -> str | None:
         return None
     if not isinstance(tools, list) or not tools:
         raise BadRequest("When using `tool_choice`, `tools` must be set.", "tools")
-    names: list[str] = [
-        str(t["function"]["name"])
-        for t in tools
-        if isinstance(t, dict)
-        and isinstance(t.get("function"), dict)
-        and isinstance(t["function"].get("name"), str)
-    ]
-    if not names:
+    functions: dict[str, Any] = {}
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            functions.setdefault(function["name"], function.get("parameters") or {})
+    if not functions:
         raise BadRequest("each tool must have a 'function' with a string 'name'", "tools")
-    if choice == "required":
-        return names[0]
+    if choice == "required":  # vLLM lets the model pick; the simulated one picks the first
+        name = next(iter(functions))
+        return ForcedTool(name, functions[name])
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         name = choice["function"].get("name")
-        if name in names:
-            return str(name)
+        if isinstance(name, str) and name in functions:
+            return ForcedTool(name, functions[name])
         raise BadRequest(f"Tool '{name}' has not been passed in `tools`.", "tool_choice")
     raise BadRequest(
         "'tool_choice' must be 'none', 'auto', 'required' or a function", "tool_choice"
     )
+
+
+def _response_schema(body: dict[str, Any]) -> Any:
+    """The JSON Schema ``response_format`` (or vLLM's ``guided_json``) asks the content to
+    satisfy; None for free text."""
+    fmt = body.get("response_format")
+    if fmt is None:
+        guided = body.get("guided_json")
+        if isinstance(guided, str):
+            try:
+                guided = orjson.loads(guided)
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(f"'guided_json' is not JSON: {exc}", "guided_json") from exc
+        if guided is not None and not isinstance(guided, dict | bool):
+            raise BadRequest("'guided_json' must be a JSON Schema", "guided_json")
+        return guided
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ANY_OBJECT
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict):
+            raise BadRequest("'response_format.json_schema' must be an object", "response_format")
+        schema = spec.get("schema", {})
+        if not isinstance(schema, dict | bool):
+            raise BadRequest(
+                "'response_format.json_schema.schema' must be a JSON Schema", "response_format"
+            )
+        return schema
+    raise BadRequest(
+        "'response_format' must be an object whose 'type' is 'text', 'json_object' or "
+        "'json_schema'",
+        "response_format",
+    )
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise BadRequest("'stop' must be a string or a list of strings", "stop")
+    return tuple(s for s in stop if s)
+
+
+def _top(value: int, name: str) -> int:
+    if value > MAX_TOP_LOGPROBS:
+        raise BadRequest(f"'{name}' must be at most {MAX_TOP_LOGPROBS}, got {value}", name)
+    return value
+
+
+def _chat_logprobs(body: dict[str, Any]) -> int | None:
+    top = _optional_int(body, "top_logprobs", 0)
+    if not _flag(body, "logprobs"):
+        if top:
+            raise BadRequest(
+                "when using `top_logprobs`, `logprobs` must be set to true.", "logprobs"
+            )
+        return None
+    return _top(top or 0, "top_logprobs")
+
+
+def _completion_logprobs(body: dict[str, Any]) -> int | None:
+    top = _optional_int(body, "logprobs", 0)
+    return None if top is None else _top(top, "logprobs")
 
 
 def parse_chat(body: dict[str, Any], default_model: str) -> GenerationParams:
@@ -151,7 +257,12 @@ def parse_chat(body: dict[str, Any], default_model: str) -> GenerationParams:
         ignore_eos=ignore_eos,
         stream=stream,
         include_usage=include_usage,
-        tool=_forced_tool(body),
+        output=OutputSpec(
+            tool=_forced_tool(body),
+            schema=_response_schema(body),
+            stop=_stop(body),
+            logprobs=_chat_logprobs(body),
+        ),
     )
 
 
@@ -193,7 +304,11 @@ def parse_completion(body: dict[str, Any], default_model: str) -> GenerationPara
         ignore_eos=ignore_eos,
         stream=stream,
         include_usage=include_usage,
-        tool=None,
+        output=OutputSpec(
+            schema=_response_schema(body),
+            stop=_stop(body),
+            logprobs=_completion_logprobs(body),
+        ),
     )
 
 
@@ -225,4 +340,7 @@ def parse_embedding(body: dict[str, Any], default_model: str) -> EmbeddingParams
             raise BadRequest("'input' items must be strings or token-id lists", "input")
         tokens.append(prompt.tokens)
     model = _model(body, default_model)
-    return EmbeddingParams(model, tuple(inputs), tuple(tokens), fmt == "base64")
+    dimensions = _optional_int(body, "dimensions", 1) or EMBEDDING_DIM
+    if dimensions > MAX_DIMENSIONS:
+        raise BadRequest(f"'dimensions' must be at most {MAX_DIMENSIONS}", "dimensions")
+    return EmbeddingParams(model, tuple(inputs), tuple(tokens), fmt == "base64", dimensions)

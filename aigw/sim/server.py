@@ -3,9 +3,10 @@
 HTTP surface (vLLM's, plus test-only ``/sim/*`` endpoints)::
 
     GET  /v1/models              served model, vLLM's shape (max_model_len, owned_by "vllm")
-    POST /v1/chat/completions    streaming or not, n, tools, usage
-    POST /v1/completions
-    POST /v1/embeddings
+    POST /v1/chat/completions    streaming or not, n, forced tool calls, response_format,
+                                 stop, logprobs, usage (aigw.sim.generation, aigw.sim.choices)
+    POST /v1/completions         the same (prompts as text or token ids; logprobs: k)
+    POST /v1/embeddings          dimensions, encoding_format (aigw.sim.embeddings)
     GET  /health                 200 empty; 503 while slow_start lasts
     GET  /metrics                Prometheus text, vLLM V1 names (aigw.sim.metrics)
     GET  /sim/stats              request counters (below) and engine state

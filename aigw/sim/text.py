@@ -146,6 +146,11 @@ class Vocabulary:
             words.add("".join(rng.choices(_SYLLABLES, k=rng.randint(1, 3))))
         self._spaced = tuple(" " + w for w in sorted(words))
 
+    @property
+    def spaced(self) -> tuple[str, ...]:
+        """Every word, each with its leading space."""
+        return self._spaced
+
     def words(self, rng: random.Random, count: int) -> list[str]:
         pieces = rng.choices(self._spaced, k=count)
         if pieces:
@@ -153,10 +158,16 @@ class Vocabulary:
         return pieces
 
 
-def embedding(data: bytes) -> list[float]:
-    """A deterministic unit vector of ``EMBEDDING_DIM`` floats derived from ``data``'s hash."""
+def embedding(data: bytes, dimensions: int = EMBEDDING_DIM) -> list[float]:
+    """A deterministic unit vector of ``dimensions`` floats derived from ``data``'s hash.
+
+    Its first ``EMBEDDING_DIM`` bytes of hash are BLAKE2b's, more come from SHAKE-256, so a
+    shorter vector is the normalised head of a longer one, as OpenAI's ``dimensions``
+    shortens its embeddings."""
     digest = hashlib.blake2b(data, digest_size=EMBEDDING_DIM).digest()
-    raw = [b - 127.5 for b in digest]
+    if dimensions > EMBEDDING_DIM:
+        digest += hashlib.shake_256(data).digest(dimensions - EMBEDDING_DIM)
+    raw = [b - 127.5 for b in digest[:dimensions]]
     norm = sum(x * x for x in raw) ** 0.5
     return [x / norm for x in raw]
 

@@ -1,7 +1,9 @@
 """OpenAI / vLLM wire shapes: response bodies, stream chunks and error bodies, as JSON-ready dicts.
 
 Shapes follow what vLLM's OpenAI server returns (which is OpenAI's shape plus a few fields such
-as ``stop_reason``). Errors are ``{"error": {"message", "type", "param", "code"}}`` with vLLM's
+as ``stop_reason``), and OpenAI's published schema where vLLM strays from it: a message has
+``refusal: null``, ``usage`` has ``prompt_tokens_details`` (the prefix-cache hits as
+``cached_tokens``) and ``completion_tokens_details`` objects rather than nulls. Errors are ``{"error": {"message", "type", "param", "code"}}`` with vLLM's
 type names and the HTTP status as ``code``.
 """
 
@@ -52,12 +54,15 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class Choice:
-    """A finished choice of a non-streamed response."""
+    """A finished choice of a non-streamed response; ``stop_reason`` is the stop string that
+    ended it (vLLM's field), ``logprobs`` the choice's object (or None)."""
 
     index: int
     text: str
     finish_reason: str
     tool_call: ToolCall | None = None
+    stop_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
@@ -71,12 +76,13 @@ def sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
-        "prompt_tokens_details": None,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": 0},
     }
 
 
@@ -85,6 +91,7 @@ def _message(choice: Choice) -> dict[str, Any]:
         return {
             "role": "assistant",
             "content": choice.text,
+            "refusal": None,
             "tool_calls": [],
             "reasoning_content": None,
         }
@@ -92,6 +99,7 @@ def _message(choice: Choice) -> dict[str, Any]:
     return {
         "role": "assistant",
         "content": None,
+        "refusal": None,
         "tool_calls": [
             {
                 "id": call.call_id,
@@ -115,9 +123,9 @@ def chat_response(
             {
                 "index": c.index,
                 "message": _message(c),
-                "logprobs": None,
+                "logprobs": c.logprobs,
                 "finish_reason": c.finish_reason,
-                "stop_reason": None,
+                "stop_reason": c.stop_reason,
             }
             for c in choices
         ],
@@ -138,9 +146,9 @@ def completion_response(
             {
                 "index": c.index,
                 "text": c.text,
-                "logprobs": None,
+                "logprobs": c.logprobs,
                 "finish_reason": c.finish_reason,
-                "stop_reason": None,
+                "stop_reason": c.stop_reason,
                 "prompt_logprobs": None,
             }
             for c in choices
@@ -150,20 +158,25 @@ def completion_response(
 
 
 def chat_chunk(
-    head: dict[str, Any], index: int, delta: dict[str, Any], finish_reason: str | None
+    head: dict[str, Any],
+    index: int,
+    delta: dict[str, Any],
+    finish_reason: str | None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A ``chat.completion.chunk``; ``head`` holds id/object/created/model (and ``usage: null``
     when the client asked for usage)."""
-    return {
-        **head,
-        "choices": [
-            {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        ],
-    }
+    choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+    return {**head, "choices": [choice]}
 
 
 def completion_chunk(
-    head: dict[str, Any], index: int, text: str, finish_reason: str | None
+    head: dict[str, Any],
+    index: int,
+    text: str,
+    finish_reason: str | None,
+    logprobs: dict[str, Any] | None = None,
+    stop_reason: str | None = None,
 ) -> dict[str, Any]:
     return {
         **head,
@@ -171,9 +184,9 @@ def completion_chunk(
             {
                 "index": index,
                 "text": text,
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
-                "stop_reason": None,
+                "stop_reason": stop_reason,
             }
         ],
     }
