@@ -8,10 +8,9 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from opentelemetry.sdk.trace import TracerProvider
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
@@ -42,11 +41,16 @@ from aigw.serving import Lifecycle
 from aigw.state import SharedState, open_state
 from aigw.telemetry.logs import AccessLog
 from aigw.telemetry.metrics import GatewayMetrics
+from aigw.telemetry.otel_env import traces_exporter
 from aigw.telemetry.records import RequestObservers
-from aigw.telemetry.tracing import Tracing, inject_trace_context, provider_from_env
 from aigw.tokens import load_counter_async
 from aigw.types import Endpoint
 from aigw.upstream import Transport, UpstreamPool
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from aigw.telemetry.tracing import Tracing
 
 __all__ = ["build_gateway", "create_app"]
 
@@ -110,10 +114,9 @@ def create_app(
         if not config.auth.keys:
             log.warning("auth.keys is empty: this gateway serves anyone who can reach it")
         router = Router(config, loop.time, rng, MODEL_AWARE_FILTERS)
-        provider = tracer_provider or provider_from_env()
         policies = {m.name: m.policy_name for m in config.models}
-        tracing = Tracing(provider, loop.time, policies) if provider is not None else None
-        pool = UpstreamPool(inject_trace_context if tracing is not None else None)
+        tracing = _tracing(tracer_provider, loop.time, policies)
+        pool = UpstreamPool(tracing.inject if tracing is not None else None)
         pool.open(router.deployments.values())
         counter = await load_counter_async(config.tokens)  # fetches in the background if needed
         contexts = ContextBuilder(counter, config.routing.prefix_block_chars)
@@ -244,3 +247,16 @@ class GatewayApp(Starlette):
                 await endpoint(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+
+def _tracing(
+    given: TracerProvider | None, clock: Callable[[], float], policies: Mapping[str, str]
+) -> Tracing | None:
+    """Tracing with ``given``, or as OpenTelemetry's environment asks; None when off. The SDK
+    is imported only when tracing is on."""
+    if given is None and traces_exporter() is None:
+        return None
+    from aigw.telemetry.tracing import Tracing, provider_from_env
+
+    provider = given or provider_from_env()
+    return Tracing(provider, clock, policies) if provider is not None else None

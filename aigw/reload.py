@@ -25,6 +25,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import httpx
 from pydantic import BaseModel
@@ -42,9 +43,11 @@ from aigw.routing.probes import HealthMonitor, SharedEjections
 from aigw.routing.router import Router
 from aigw.routing.scraper import MetricsScraper
 from aigw.telemetry.metrics import GatewayMetrics
-from aigw.telemetry.tracing import Tracing
 from aigw.tokens import TokenCounter
 from aigw.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from aigw.telemetry.tracing import Tracing
 
 __all__ = [
     "FROZEN_SECTIONS",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aigw.config import GatewayConfig
 from aigw.gateway import Gateway
@@ -11,7 +12,9 @@ from aigw.routing.history import FleetHistory
 from aigw.serving import Lifecycle
 from aigw.telemetry.metrics import GatewayMetrics
 from aigw.telemetry.records import RequestObservers
-from aigw.telemetry.tracing import Tracing
+
+if TYPE_CHECKING:
+    from aigw.telemetry.tracing import Tracing
 
 __all__ = ["AppState", "ReloadReport"]
 

@@ -4,7 +4,8 @@ one notices (the health monitor, :mod:`aigw.routing.probes`, writes on ejection 
 once per ``health.sync_interval_s``; never on the request path).
 
 One contract (``tests/state/test_ejections.py``), two implementations:
-:class:`MemoryEjectionStore` (this process) and :class:`RedisEjectionStore` (one key per
+:class:`MemoryEjectionStore` (this process) and
+:class:`~aigw.state.redis_ejections.RedisEjectionStore` (one key per
 ejected deployment, ``{state.key_prefix}ej:{deployment}`` = the instance that ejected it,
 expiring when the ejection ends: Redis forgets them by itself). Writing never shortens an
 ejection already there (one Lua script). :class:`ResilientEjectionStore` serves from memory
@@ -14,22 +15,15 @@ hint, never a reason to refuse a request.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
-from aigw.config import StateConfig
 from aigw.state.base import StateUnavailableError
 from aigw.state.resilient import RedisHealth
-from aigw.state.scripts import Script, lua_source
 
 __all__ = [
     "EjectionStore",
     "MemoryEjectionStore",
-    "RedisEjectionStore",
     "ResilientEjectionStore",
 ]
 
@@ -80,48 +74,6 @@ class MemoryEjectionStore:
 
     async def clear(self, deployment_id: str) -> None:
         self._until.pop(deployment_id, None)
-
-
-class RedisEjectionStore:
-    """:class:`EjectionStore` on Redis (Redis's own clock: TTLs, so instances need not agree
-    on the time); every failure raises :class:`StateUnavailableError`."""
-
-    def __init__(self, redis: Redis, config: StateConfig) -> None:
-        self._redis = redis
-        self._prefix = f"{config.key_prefix}ej:"
-        self._timeout_s = config.timeout_s
-        self._extend = Script(redis, lua_source("ejection_extend"), config.timeout_s)
-
-    async def eject(self, deployment_id: str, seconds: float, owner: str) -> None:
-        await self._extend([self._prefix + deployment_id], [max(1, round(seconds * 1000)), owner])
-
-    async def ejections(self, deployment_ids: Sequence[str], owner: str) -> dict[str, float]:
-        if not deployment_ids:
-            return {}
-        pipe = self._redis.pipeline(transaction=False)
-        for deployment_id in deployment_ids:
-            pipe.get(self._prefix + deployment_id)
-            pipe.pttl(self._prefix + deployment_id)
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                replies = await pipe.execute()
-        except (RedisError, OSError) as exc:  # OSError covers refused, reset, timed out
-            message = "did not answer in time" if isinstance(exc, TimeoutError) else str(exc)
-            raise StateUnavailableError(f"redis (ejections): {message}") from exc
-        left: dict[str, float] = {}
-        for i, deployment_id in enumerate(deployment_ids):
-            who, ttl_ms = replies[2 * i], int(replies[2 * i + 1])
-            if who is not None and who != owner and ttl_ms > 0:
-                left[deployment_id] = ttl_ms / 1000.0
-        return left
-
-    async def clear(self, deployment_id: str) -> None:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await self._redis.delete(self._prefix + deployment_id)
-        except (RedisError, OSError) as exc:
-            message = "did not answer in time" if isinstance(exc, TimeoutError) else str(exc)
-            raise StateUnavailableError(f"redis (ejections): {message}") from exc
 
 
 class ResilientEjectionStore:

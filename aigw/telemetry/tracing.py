@@ -46,6 +46,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from aigw.errors import GatewayError
 from aigw.fleet.attempt import Attempt
+from aigw.telemetry.otel_env import traces_exporter
 from aigw.telemetry.records import RequestRecord
 
 __all__ = ["Tracing", "inject_trace_context", "provider_from_env"]
@@ -62,15 +63,10 @@ _OPERATIONS = {
 
 def provider_from_env(environ: Mapping[str, str] = os.environ) -> TracerProvider | None:
     """The tracer provider OpenTelemetry's environment variables describe; None when off."""
-    if environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return None
-    exporter_name = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
+    exporter_name = traces_exporter(environ)
     if exporter_name == "console":
         exporter: Any = ConsoleSpanExporter()
-    elif exporter_name == "otlp" and endpoint:
+    elif exporter_name == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter()  # reads the endpoint, headers and timeout from the env
@@ -107,6 +103,8 @@ def inject_trace_context(headers: Mapping[str, str]) -> Mapping[str, str]:
 
 class Tracing:
     """Writes the spans; a request and an attempt observer. Build one per app."""
+
+    inject = staticmethod(inject_trace_context)  # for the upstream pool, while tracing is on
 
     def __init__(
         self,

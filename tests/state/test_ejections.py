@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from aigw.state import open_state
-from aigw.state.ejections import EjectionStore, MemoryEjectionStore, RedisEjectionStore
+from aigw.state.ejections import EjectionStore, MemoryEjectionStore
+from aigw.state.redis_ejections import RedisEjectionStore
 from aigw.state.scripts import connect
 from tests.state.conftest import RedisServer, state_config
 
