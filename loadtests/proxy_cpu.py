@@ -1,12 +1,14 @@
 """CPU cost of one proxied request through the gateway (the bare path), measured with wrk.
 
-    ./dev bench-proxy [--seconds 10] [--connections 64] [--stream]
+    ./dev bench-proxy [--seconds 10] [--connections 64] [--stream] [--vs-bare 3]
 
 Setup, as the core issue prescribes: the gateway (`aigw serve`) pinned alone on core 0; a
 canned upstream (static_upstream.py) and wrk pinned on core 1; 64 connections. Result:
 (utime + stime of the gateway's process tree, read from /proc, over the measured window)
-divided by the requests wrk completed in that window. Bounded in time; every process it
-starts is stopped by PID.
+divided by the requests wrk completed in that window. ``--vs-bare N`` interleaves N runs
+with the same measurement of loadtests/bare_proxy.py (Starlette + uvicorn + aiohttp, no
+features): this machine's speed drifts, so the figure that counts is aigw / bare in one run.
+Bounded in time; every process it starts is stopped by PID.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import argparse
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -124,33 +128,18 @@ def _config(args: argparse.Namespace, upstream_port: int) -> str:
     return text
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--policy", default="auto", help="routing preset of the benchmark model")
-    parser.add_argument(
-        "--stream", action="store_true", help="streamed chat (8 chunks) instead of JSON"
-    )
-    parser.add_argument(
-        "--features",
-        action="store_true",
-        help="an API key with rpm, tpm and max_parallel, and max_concurrency on the deployment "
-        "(limits high enough never to refuse): the whole pipeline's cost",
-    )
-    parser.add_argument(
-        "--redis", metavar="URL", help="state.backend: redis at URL (e.g. redis://127.0.0.1:6379/9)"
-    )
-    parser.add_argument(
-        "--python", default=sys.executable, help="interpreter of the gateway (another install)"
-    )
-    parser.add_argument(
-        "--profile",
-        metavar="FILE",
-        help="also sample the gateway with py-spy during the measured run (collapsed stacks)",
-    )
-    args = parser.parse_args()
+@dataclass(frozen=True, slots=True)
+class Measured:
+    server: str
+    requests: int
+    bad: int
+    socket_errors: str
+    cpu_us: float  # per request
+    redis_cpu_us: float
 
+
+def measure(args: argparse.Namespace, server: str) -> Measured:
+    """One measured wrk run through ``server`` ("aigw" or "bare", the reference proxy)."""
     upstream_port, gateway_port = free_port(), free_port()
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,32 +166,31 @@ def main() -> int:
                     ]
                 )
             )
-            gateway = subprocess.Popen(
-                [
-                    "taskset",
-                    "-c",
-                    "0",
+            if server == "bare":
+                command = [
+                    sys.executable,
+                    str(ROOT / "loadtests/bare_proxy.py"),
+                    *("--port", str(gateway_port)),
+                    *("--upstream", f"http://127.0.0.1:{upstream_port}"),
+                ]
+            else:
+                command = [
                     args.python,
-                    "-m",
-                    "aigw",
-                    "--log-level",
-                    "warning",
-                    "serve",
-                    "--config",
-                    str(config),
-                    "--port",
-                    str(gateway_port),
-                ],
+                    *("-m", "aigw", "--log-level", "warning", "serve"),
+                    *("--config", str(config), "--port", str(gateway_port)),
+                ]
+            gateway = subprocess.Popen(
+                ["taskset", "-c", "0", *command],
                 # Not the checkout: `python -m` puts the working directory first on sys.path,
                 # which would run this checkout's aigw under another install's --python.
                 cwd=tmp,
             )
             processes.append(gateway)
-            wait_http(f"http://127.0.0.1:{gateway_port}/healthz")
+            wait_http(f"http://127.0.0.1:{gateway_port}/healthz")  # any answer: it is up
             url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
             run_wrk(url, script, 3, args.connections)  # warm up pools and caches
             spy = None
-            if args.profile:
+            if args.profile and server == "aigw":
                 spy = subprocess.Popen(
                     [
                         str(_beside_python("py-spy")),
@@ -229,15 +217,79 @@ def main() -> int:
                     process.wait(10)
                 except subprocess.TimeoutExpired:
                     process.kill()
+    return Measured(
+        server,
+        requests,
+        bad,
+        socket_errors,
+        used / max(requests, 1) * 1e6,
+        redis_used / max(requests, 1) * 1e6,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--policy", default="auto", help="routing preset of the benchmark model")
+    parser.add_argument(
+        "--stream", action="store_true", help="streamed chat (8 chunks) instead of JSON"
+    )
+    parser.add_argument(
+        "--features",
+        action="store_true",
+        help="an API key with rpm, tpm and max_parallel, and max_concurrency on the deployment "
+        "(limits high enough never to refuse): the whole pipeline's cost",
+    )
+    parser.add_argument(
+        "--redis", metavar="URL", help="state.backend: redis at URL (e.g. redis://127.0.0.1:6379/9)"
+    )
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter of the gateway (another install)"
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="also sample the gateway with py-spy during the measured run (collapsed stacks)",
+    )
+    parser.add_argument(
+        "--vs-bare",
+        type=int,
+        metavar="ROUNDS",
+        default=0,
+        help="interleave ROUNDS runs of aigw with ROUNDS of the bare reference proxy "
+        "(loadtests/bare_proxy.py) and print each one's median and aigw's ratio",
+    )
+    args = parser.parse_args()
     mode = "stream (8 chunks)" if args.stream else "non-stream JSON"
     mode += ", features on" if args.features else ""
     mode += f", redis state at {args.redis}" if args.redis else ", memory state"
-    print(f"mode: {mode}, {args.connections} connections, {args.seconds} s")
-    print(f"requests: {requests} ({requests / args.seconds:.0f}/s), non-2xx: {bad} {socket_errors}")
-    print(f"gateway CPU: {used:.2f} s -> {used / max(requests, 1) * 1e6:.0f} CPU-us per request")
-    if args.redis:
-        print(f"redis-server CPU: {redis_used / max(requests, 1) * 1e6:.0f} CPU-us per request")
-    return 0 if bad == 0 else 1
+    print(f"mode: {mode}, {args.connections} connections, {args.seconds} s per run")
+    if args.vs_bare:
+        runs: dict[str, list[Measured]] = {"aigw": [], "bare": []}
+        for _ in range(args.vs_bare):
+            for server in ("aigw", "bare"):
+                result = measure(args, server)
+                runs[server].append(result)
+                _report(result, args)
+        medians = {k: statistics.median(r.cpu_us for r in v) for k, v in runs.items()}
+        print(
+            f"median CPU-us per request: aigw {medians['aigw']:.0f}, bare {medians['bare']:.0f}"
+            f" -> aigw / bare = {medians['aigw'] / medians['bare']:.2f}"
+        )
+        return 0 if all(r.bad == 0 for v in runs.values() for r in v) else 1
+    result = measure(args, "aigw")
+    _report(result, args)
+    return 0 if result.bad == 0 else 1
+
+
+def _report(result: Measured, args: argparse.Namespace) -> None:
+    rate = result.requests / args.seconds
+    print(
+        f"{result.server}: {result.requests} requests ({rate:.0f}/s), non-2xx {result.bad}"
+        f" {result.socket_errors} -> {result.cpu_us:.0f} CPU-us per request"
+        + (f" (+ redis-server {result.redis_cpu_us:.0f})" if args.redis else "")
+    )
 
 
 if __name__ == "__main__":
