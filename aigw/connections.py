@@ -42,6 +42,11 @@ __all__ = ["ConnectionGuard", "ConnectionLimits"]
 log = logging.getLogger("aigw.connections")
 
 
+# After refusing a head over the limit: how long to read and discard what the client still
+# sends, so that it reads the 431 rather than a reset (see GuardedHttpToolsProtocol.refuse).
+LINGER_S = 2.0
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
     max_connections: int = 2048
@@ -195,7 +200,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _HeadTooLarge):
-                self.refuse(self.guard.header_too_large)
+                self.refuse(self.guard.header_too_large, linger=True)
                 return
             message = "Invalid HTTP request received."
             self.logger.warning(message)
@@ -210,7 +215,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.head_since is not None:  # the head is still unfinished after this chunk
             self.head_bytes += len(data)
             if self.head_bytes > self.guard.limits.max_header_bytes:
-                self.refuse(self.guard.header_too_large)
+                self.refuse(self.guard.header_too_large, linger=True)
 
     def on_headers_complete(self) -> None:
         size = len(self.url)
@@ -235,12 +240,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.stalled_since = None
         super().resume_writing()
 
-    def refuse(self, response: bytes) -> None:
-        """Answer with a complete canned response and close (nothing was handed to the app)."""
+    def refuse(self, response: bytes, *, linger: bool = False) -> None:
+        """Answer with a complete canned response and close (nothing was handed to the app).
+
+        ``linger``: the client may still be sending (a head over the limit): closing with its
+        bytes unread would make the kernel answer them with a reset, which can destroy the
+        response before the client reads it. So, like nginx's lingering close, send the
+        response and a FIN, then read and discard what still comes (``data_received`` drops
+        it) until the client closes or :data:`LINGER_S` passes."""
         self.refused = True
         self.head_since = self.body_since = self.stalled_since = None
         self.transport.write(response)
-        self.transport.close()
+        if linger and self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
 
     def drop(self) -> None:
         """Cut the connection now, unsent data and all; the app sees a disconnect."""

@@ -109,11 +109,27 @@ def test_an_unfinished_head_is_cut_once_it_passes_the_limit() -> None:
     """A header line that never ends is refused as it grows, not buffered to its end."""
     with gateway(limits(max_header_bytes=16 * 1024)) as server, connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nx-big: ")
-        for _ in range(6):  # 24 KiB of one header line, never finished
+        # 256 KiB of one header line, never finished: the client is still sending long after
+        # the refusal, which it must read as a 431, not a reset (the server lingers, reading).
+        for _ in range(64):
             sock.sendall(b"a" * 4096)
         status, error = status_and_error(read_until_closed(sock))
     assert status == 431
     assert error["code"] == "request_header_too_large"
+
+
+def test_a_client_still_sending_after_the_431_is_not_reset() -> None:
+    """The refusal is read first; what the client sends after it is read and discarded by a
+    lingering server (a closed socket would answer it with a reset), then the server's FIN
+    ends the exchange cleanly."""
+    with gateway(limits(max_header_bytes=16 * 1024)) as server, connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nx-big: " + b"a" * 20_000)
+        response = read_response(sock)  # the 431 has come: the server has refused
+        assert status_and_error(response)[0] == 431
+        for _ in range(16):  # 64 KiB more of the same head, after the refusal
+            sock.sendall(b"a" * 4096)
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(65536) == b""  # a clean end, not ConnectionResetError
 
 
 def test_a_head_under_the_limit_is_served_and_the_connection_kept() -> None:
