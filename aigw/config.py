@@ -153,6 +153,10 @@ class DeploymentConfig(_Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     metrics_url: str | None = None
     max_concurrency: int | None = Field(None, gt=0)  # beyond it, requests queue
+    # The engine's batch limit (vLLM --max-num-seqs, SGLang --max-running-requests, TGI
+    # --max-batch-size): routing predicts a queue beyond it. Unset: learnt from the engine's
+    # metrics (the largest batch it ran while requests waited).
+    max_num_seqs: int | None = Field(None, gt=0)
     rpm: int | None = Field(None, gt=0)  # the upstream's own quota: routing skips it when spent
     tpm: int | None = Field(None, gt=0)
     weight: float = Field(1.0, gt=0)
@@ -341,6 +345,10 @@ class RoutingConfig(_Strict):
     stale_after_intervals: PositiveFloat = 3.0  # older metrics are ignored by scorers
     prefix_block_chars: int = Field(256, gt=0)  # prompt prefix hashed in blocks of this size
     prefix_blocks_per_deployment: int = Field(16384, gt=0)  # LRU bound of remembered blocks
+    # Time constant of each deployment's peak-EWMA latency (least-latency, demotion): a spike
+    # counts at once and is forgotten over a few of these. Shorter: quicker to trust a
+    # recovered deployment, and more swayed by one slow reply.
+    latency_tau_s: float = Field(10.0, gt=0, le=3600)
 
 
 class DemotionConfig(_Strict):

@@ -66,7 +66,7 @@ def build_fleet(rng: random.Random) -> tuple[ModelConfig, list[Deployment], Rout
             state.observe_first_byte(rng.uniform(0.05, 0.6), NOW - rng.uniform(0, 5))
             state.tpot.add(rng.uniform(0.01, 0.04))
             state.output_tokens.add(rng.uniform(100, 400))
-            state.prefill_per_token.add(rng.uniform(0.0001, 0.0003))
+            state.prefill_per_token.add(rng.uniform(0.1, 0.3), 1000)
             state.errors.add(1.0 if rng.random() < 0.02 else 0.0)
         state.in_flight = rng.randrange(0, 30)
         if dep.metrics_url:

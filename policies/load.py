@@ -40,16 +40,19 @@ def estimate_load(deployment: Deployment, tuning: Tuning) -> Load:
     """The load of ``deployment`` from its engine snapshot, or gateway-local when stale.
 
     Capacity: an engine with a waiting queue is full, so it runs what it runs now; otherwise
-    the KV fill tells how many more sequences of the current mix fit (running / kv_usage);
-    without either, ``max_concurrency`` or ``tuning.assumed_batch``. Stale or absent
-    metrics: running = the gateway's in-flight count, waiting = 0.
+    the KV fill tells how many more sequences of the current mix fit (running / kv_usage),
+    capped by the engine's batch limit (``max_num_seqs`` configured, else the largest batch
+    it was seen running with a queue: :func:`aigw.routing.scraper.learn_batch_limit`);
+    without either, the batch limit, ``max_concurrency`` or ``tuning.assumed_batch``. Stale
+    or absent metrics: running = the gateway's in-flight count, waiting = 0.
     """
     state = deployment.state
     in_flight = state.in_flight
     engine = state.engine
-    limit = deployment.config.max_concurrency
+    config = deployment.config
+    batch = config.max_num_seqs or state.batch_limit
     if engine is None or state.engine_stale:
-        capacity = max(in_flight + 1.0, limit or tuning.assumed_batch)
+        capacity = max(in_flight + 1.0, batch or config.max_concurrency or tuning.assumed_batch)
         return _new(Load, (float(in_flight), 0.0, capacity, None, False))
     running = engine.running
     waiting = engine.waiting
@@ -61,8 +64,12 @@ def estimate_load(deployment: Deployment, tuning: Tuning) -> Load:
         capacity = running if running > 1.0 else 1.0
     elif kv is not None and kv > 0.01 and running > 0.0:
         capacity = max(running + 1.0, running / kv)
+        if batch is not None and batch < capacity:
+            capacity = batch if batch > running else running
+    elif batch is not None:
+        capacity = batch if batch > running else running
     else:
-        capacity = max(running + 1.0, limit or tuning.assumed_batch)
+        capacity = max(running + 1.0, config.max_concurrency or tuning.assumed_batch)
     now_running = total if total < capacity else capacity
     if kv is not None and running > 0.0:
         kv = min(1.0, kv * now_running / running)

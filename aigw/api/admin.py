@@ -83,6 +83,8 @@ def describe(deployment: Deployment, now: float) -> dict[str, Any]:
         "output_tokens_ewma": _round(state.output_tokens.value, 1),
         "prefill_s_per_token": _round(state.prefill_per_token.value, 6),
         "drain_rate_rps": _round(state.completion_rate.value, 3),  # engine finishes per second
+        # the engine's batch limit: configured max_num_seqs, else learnt (None: not known)
+        "batch_limit": deployment.config.max_num_seqs or state.batch_limit,
         "prefix_blocks_remembered": len(state.prefixes),
         "engine": None
         if engine is None

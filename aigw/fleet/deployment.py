@@ -13,7 +13,7 @@ import aiohttp
 
 from aigw.config import DeploymentConfig
 from aigw.fleet.prefix import PrefixLRU
-from aigw.fleet.signals import EngineSnapshot, Ewma, PeakEwma
+from aigw.fleet.signals import EngineSnapshot, Ewma, PeakEwma, RatioEwma
 from aigw.providers.base import Provider
 
 __all__ = ["Deployment", "DeploymentState"]
@@ -48,8 +48,10 @@ class DeploymentState:
     latency: PeakEwma = field(default_factory=PeakEwma)  # time to first byte, peak-EWMA
     errors: Ewma = field(default_factory=lambda: Ewma(alpha=0.1))  # 1 per failure, 0 per success
     output_tokens: Ewma = field(default_factory=Ewma)  # completion tokens per request
-    prefill_per_token: Ewma = field(default_factory=Ewma)  # TTFT / prompt tokens, unqueued
+    # (TTFT - one step) / prompt tokens of unqueued first bytes, as a ratio of EWMAs
+    prefill_per_token: RatioEwma = field(default_factory=RatioEwma)
     engine: EngineSnapshot | None = None
+    batch_limit: float | None = None  # most requests the engine was seen running with a queue
     completion_rate: Ewma = field(default_factory=lambda: Ewma(alpha=0.3))  # engine, requests/s
     engine_stale: bool = True  # no snapshot, or older than routing.stale_after_intervals
     dispatched: int = 0  # requests sent, ever

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["EngineSnapshot", "Ewma", "PeakEwma"]
+__all__ = ["EngineSnapshot", "Ewma", "PeakEwma", "RatioEwma"]
 
 
 class Ewma:
@@ -26,6 +26,35 @@ class Ewma:
         self.count += 1
         value = self.value
         self.value = sample if value is None else value + self.alpha * (sample - value)
+
+    def get(self, default: float) -> float:
+        return default if self.value is None else self.value
+
+
+class RatioEwma:
+    """A rate learnt as EWMA(numerator) / EWMA(denominator), e.g. prefill seconds per prompt
+    token. Unlike an EWMA of per-sample ratios it is not dominated by small denominators: a
+    2-token prompt whose first token took one engine step says little about the cost of a
+    token, and an average of ratios would weigh it like a 2,000-token prompt."""
+
+    __slots__ = ("_denominator", "_numerator", "value")
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        self._numerator = Ewma(alpha)
+        self._denominator = Ewma(alpha)
+        self.value: float | None = None
+
+    @property
+    def count(self) -> int:
+        return self._numerator.count
+
+    def add(self, numerator: float, denominator: float) -> None:
+        self._numerator.add(numerator)
+        self._denominator.add(denominator)
+        below = self._denominator.value
+        above = self._numerator.value
+        assert above is not None and below is not None
+        self.value = above / below if below > 0.0 else None
 
     def get(self, default: float) -> float:
         return default if self.value is None else self.value

@@ -33,7 +33,11 @@ class SignalRecorder:
         state.observe_first_byte(seconds, attempt.first_byte_at)
         prompt_tokens = attempt.ctx.prompt_tokens
         if not attempt.engine_queued and prompt_tokens > 0:
-            state.prefill_per_token.add(seconds / prompt_tokens)
+            # The first token costs one engine step (about one TPOT) beyond the prefill: taken
+            # out, so that short prompts do not make every token look expensive.
+            step = state.tpot.value or 0.0
+            prefill = seconds - step if seconds > step else 0.0
+            state.prefill_per_token.add(prefill, prompt_tokens)
 
     def on_success(self, attempt: Attempt) -> None:
         state = attempt.deployment.state

@@ -167,8 +167,13 @@ def build_deployment(
     model: str,
     prefix_capacity: int = 16384,
     state: DeploymentState | None = None,
+    latency_tau_s: float = 10.0,
 ) -> Deployment:
-    """One deployment of public model ``model``, with everything fixed built once."""
+    """One deployment of public model ``model``, with everything fixed built once; ``state``
+    (kept over a reload) or a fresh one, its latency peak-EWMA decaying with ``latency_tau_s``."""
+    if state is None:
+        state = DeploymentState(prefixes=PrefixLRU(prefix_capacity))
+    state.latency.tau = latency_tau_s
     return Deployment(
         id=config.id,
         model=model,
@@ -179,7 +184,7 @@ def build_deployment(
         timeout=aiohttp.ClientTimeout(
             total=config.timeouts.total, sock_connect=config.timeouts.connect
         ),
-        state=state if state is not None else DeploymentState(prefixes=PrefixLRU(prefix_capacity)),
+        state=state,
     )
 
 
@@ -190,7 +195,13 @@ def _build_route(
     keep: Mapping[str, DeploymentState],
 ) -> ModelRoute:
     deployments = tuple(
-        build_deployment(dep, model.name, routing.prefix_blocks_per_deployment, keep.get(dep.id))
+        build_deployment(
+            dep,
+            model.name,
+            routing.prefix_blocks_per_deployment,
+            keep.get(dep.id),
+            routing.latency_tau_s,
+        )
         for dep in model.deployments
     )
     windows = [d.context_window for d in model.deployments if d.context_window is not None]

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from aigw.fleet.deployment import Deployment
+from aigw.fleet.deployment import Deployment, DeploymentState
 from aigw.fleet.signals import EngineSnapshot
 
 __all__ = ["MetricsScraper", "parse_engine_metrics"]
@@ -146,6 +146,7 @@ class MetricsScraper:
         ):
             finished = snapshot.finished_total - previous.finished_total
             state.completion_rate.add(finished / (snapshot.scraped_at - previous.scraped_at))
+        learn_batch_limit(state, previous, snapshot)
         state.engine = snapshot
         return True
 
@@ -158,3 +159,24 @@ class MetricsScraper:
             except Exception:  # a background loop logs and goes on
                 log.exception("unexpected error scraping %s", deployment.id)
             await asyncio.sleep(self._interval * self._rng.uniform(0.8, 1.2))
+
+
+def learn_batch_limit(
+    state: DeploymentState, previous: EngineSnapshot | None, snapshot: EngineSnapshot
+) -> None:
+    """Learn the engine's batch limit: a batch pinned at the same size over two scrapes while
+    requests waited through both is the limit. One scrape with a queue is not enough: a
+    request that arrived just before it waits for the next step even with room to spare, and
+    a KV-bound batch changes size as sequences grow and finish. The largest one so found is
+    kept."""
+    running = snapshot.running
+    if (
+        running >= 1.0
+        and snapshot.waiting > 0.0
+        and previous is not None
+        and previous.waiting > 0.0
+        and previous.running == running
+    ):
+        limit = state.batch_limit
+        if limit is None or running > limit:
+            state.batch_limit = running

@@ -321,7 +321,8 @@ class _StateCollector(Collector):
         capacity_family = GaugeMetricFamily(
             "aigw_deployment_capacity_estimate",
             "Concurrent sequences the deployment can hold: its max_concurrency, else running "
-            "sequences over KV-cache fill at the last busy scrape.",
+            "sequences over KV-cache fill at the last busy scrape, at most the engine's batch "
+            "limit (max_num_seqs, configured or learnt).",
             labels=["deployment"],
         )
         demand: dict[str, float] = dict.fromkeys(self._models, 0.0)
@@ -356,6 +357,9 @@ class _StateCollector(Collector):
         if engine.running >= 1 and engine.kv_usage is not None and engine.kv_usage > 0.05:
             self._capacity[d.id] = engine.running / engine.kv_usage
         cap = self._capacity.get(d.id)
+        batch = d.config.max_num_seqs or state.batch_limit  # the KV room is capped by it
+        if batch is not None:
+            cap = float(batch) if cap is None else min(cap, float(batch))
         return (load, cap) if cap is not None else None
 
     def _fleet(self) -> Iterator[Metric]:

@@ -45,6 +45,7 @@ class GatewayTiming:
     """Gateway durations in *simulated* seconds (converted to wall seconds in the config)."""
 
     scrape_interval: float = 0.5
+    latency_tau: float = 10.0  # the gateway's default peak-EWMA time constant
     first_byte_timeout: float = 120.0
     idle_timeout: float = 60.0
     total_timeout: float = 600.0
@@ -83,7 +84,10 @@ def gateway_config(
     return {
         "server": {"host": "127.0.0.1", "port": port, "drain_seconds": 1},
         "models": [{"name": MODEL, "policy": policy, "deployments": deployments}],
-        "routing": {"scrape_interval": wall(timing.scrape_interval)},
+        "routing": {
+            "scrape_interval": wall(timing.scrape_interval),
+            "latency_tau_s": wall(timing.latency_tau),
+        },
         "auth": {"admin_key": ADMIN_KEY},  # the benchmark reads /admin/deployments
         "health": {
             "consecutive_failures": 3,

@@ -52,9 +52,11 @@ def fleets(
             )
             state.engine_stale = draw(st.booleans())
         state.draining = draw(st.booleans())
-        for ewma in (state.ttft, state.tpot, state.output_tokens, state.prefill_per_token):
+        for ewma in (state.ttft, state.tpot, state.output_tokens):
             if draw(st.booleans()):
                 ewma.add(draw(st.floats(0.0001, 5)))
+        if draw(st.booleans()):
+            state.prefill_per_token.add(draw(st.floats(0, 5)), draw(st.integers(1, 10_000)))
         if draw(st.booleans()):
             state.latency.add(draw(st.floats(0.001, 5)), 0.0)
         if draw(st.booleans()):

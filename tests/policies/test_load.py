@@ -75,3 +75,28 @@ def test_estimator_remembers_only_inside_a_decision() -> None:
     assert estimator.loads(list(deps)) is not inside  # another candidate list is recomputed
     estimator.end()
     assert estimator.loads(deps)[0].running == 9
+
+
+def test_the_batch_limit_caps_what_kv_room_promises() -> None:
+    """An engine limited to 16 sequences with a KV cache 40% full at 16 running would look
+    like 40 slots from the KV fill alone: the next request would be predicted to start at
+    once while it actually waits."""
+    _, deps = fleet(gpu("configured", max_num_seqs=16), gpu("learnt"), gpu("unknown"))
+    configured, learnt, unknown = deps
+    learnt.state.batch_limit = 16.0
+    for d in deps:
+        scrape(d, running=16, kv=0.4)
+    assert estimate_load(unknown, TUNING).capacity == pytest.approx(40.0)
+    for d in (configured, learnt):
+        load = estimate_load(d, TUNING)
+        assert load.capacity == 16 and load.running == 16 and load.waiting == 0
+        d.state.in_flight += 1  # one more sent since the scrape: it waits
+        assert estimate_load(d, TUNING)[:3] == (16, 1, 16)
+
+
+def test_a_batch_limit_without_kv_reading_is_the_capacity() -> None:
+    _, [d] = fleet(gpu("a", max_num_seqs=8, max_concurrency=100))
+    scrape(d, running=3)
+    assert estimate_load(d, TUNING).capacity == 8
+    d.state.engine_stale = True
+    assert estimate_load(d, TUNING).capacity == 8

@@ -61,7 +61,7 @@ def test_live_ewmas_replace_the_cold_defaults() -> None:
     scrape(d, running=4, waiting=1)
     d.state.tpot.add(0.01)
     d.state.output_tokens.add(100)
-    d.state.prefill_per_token.add(0.0001)
+    d.state.prefill_per_token.add(0.1, 1000)  # 0.1 s of prefill for 1,000 tokens
     expected = 2 * (100 * 0.01) / 4 + (0.01 + 0.1) * (1 + 4 / 512)
     assert predict(d) == pytest.approx(expected)
 

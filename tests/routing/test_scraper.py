@@ -149,3 +149,30 @@ async def test_engine_drain_rate_from_finished_counter() -> None:
             await scraper.scrape_once(gpu)
     assert gpu.state.completion_rate.value == pytest.approx(5.0)  # 10 finished in 2 s
     assert gpu.state.completion_rate.count == 1  # the counter reset was not a sample
+
+
+@respx.mock
+async def test_batch_limit_is_learnt_from_a_batch_pinned_while_requests_wait() -> None:
+    """(running, waiting) per scrape: a queue seen once (a request that arrived just before
+    the scrape) or a batch that changes size (KV-bound) teaches nothing; the same batch
+    size over two scrapes with a queue through both is the engine's limit."""
+    router = make_router()
+    gpu = router.deployments["gpu"]
+    scrapes = [(5, 1), (9, 0), (12, 2), (14, 3), (16, 2), (16, 4), (10, 1), (10, 0)]
+    pages = iter(
+        f'vllm:num_requests_running{{model_name="m"}} {running}\n'
+        f'vllm:num_requests_waiting{{model_name="m"}} {waiting}\n'
+        for running, waiting in scrapes
+    )
+    respx.get("http://engine.test/metrics").mock(
+        side_effect=lambda _: httpx.Response(200, text=next(pages))
+    )
+    learnt = []
+    async with httpx.AsyncClient() as client:
+        scraper = MetricsScraper(
+            router.deployments.values(), client, 1.0, random.Random(0), lambda: 0.0
+        )
+        for _ in scrapes:
+            await scraper.scrape_once(gpu)
+            learnt.append(gpu.state.batch_limit)
+    assert learnt == [None, None, None, None, None, 16.0, 16.0, 16.0]

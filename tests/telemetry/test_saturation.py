@@ -73,6 +73,18 @@ def test_saturation_is_demand_over_estimated_capacity() -> None:
     assert found[("aigw_model_saturation_ratio", "m")] == (30 + 8 + 2 + 6) / 64
 
 
+def test_the_batch_limit_caps_the_kv_estimate() -> None:
+    """16 running at 40% KV fill looks like 40 slots, but an engine limited to 16 sequences
+    (learnt from its metrics, or configured as max_num_seqs) holds 16."""
+    metrics, router = _metrics(queue=0)
+    _busy(router, "gpu-1", running=16, waiting=0, kv=0.4)
+    _busy(router, "gpu-2", running=16, waiting=0, kv=0.4)
+    router.deployments["gpu-2"].state.batch_limit = 16.0
+    found = _gauges(metrics)
+    assert found[("aigw_deployment_capacity_estimate", "gpu-1")] == 40
+    assert found[("aigw_deployment_capacity_estimate", "gpu-2")] == 16
+
+
 def test_an_idle_engine_keeps_its_last_capacity_and_stale_ones_drop_out() -> None:
     metrics, router = _metrics(queue=0)
     _busy(router, "gpu-1", running=10, waiting=0, kv=0.25)

@@ -1,0 +1,58 @@
+"""SignalRecorder: what the gateway learns of a deployment from its attempts."""
+
+from __future__ import annotations
+
+import pytest
+
+from aigw.fleet.attempt import Attempt
+from aigw.fleet.deployment import Deployment
+from aigw.fleet.signals import RatioEwma
+from aigw.routing.recorder import SignalRecorder
+from aigw.types import Endpoint, RouteContext
+from tests.routing.test_history import make_deployment
+
+
+def first_byte(
+    recorder: SignalRecorder, deployment: Deployment, prompt_tokens: int, ttft: float
+) -> None:
+    ctx = RouteContext(endpoint=Endpoint.CHAT, model="m", body={}, prompt_tokens=prompt_tokens)
+    a = Attempt(deployment, ctx, 1, 100.0)
+    recorder.on_dispatch(a)
+    a.first_byte_at = 100.0 + ttft
+    recorder.on_first_byte(a)
+    recorder.on_finish(a)
+
+
+def test_prefill_per_token_is_not_inflated_by_short_prompts() -> None:
+    """An engine whose first token costs one 20 ms step plus 0.1 ms per prompt token: the
+    learnt rate is the slope, whatever mix of short and long prompts it saw. An average of
+    per-request ratios would learn ~5 ms/token from the 4-token prompts alone."""
+    recorder = SignalRecorder()
+    d = make_deployment()
+    d.state.tpot.add(0.02)
+    for tokens in [4, 2000, 4, 1000, 4, 4, 3000, 4] * 5:
+        first_byte(recorder, d, tokens, 0.02 + tokens * 0.0001)
+    assert d.state.prefill_per_token.get(1.0) == pytest.approx(0.0001, rel=0.02)
+
+
+def test_prefill_is_not_learnt_from_a_queued_engine() -> None:
+    recorder = SignalRecorder()
+    d = make_deployment()
+    ctx = RouteContext(endpoint=Endpoint.CHAT, model="m", body={}, prompt_tokens=100)
+    a = Attempt(d, ctx, 1, 0.0, engine_queued=True)
+    recorder.on_dispatch(a)
+    a.first_byte_at = 5.0
+    recorder.on_first_byte(a)
+    assert d.state.prefill_per_token.value is None
+    assert d.state.ttft.value == 5.0  # the TTFT itself is still observed
+
+
+def test_ratio_ewma_is_the_ratio_of_the_averages() -> None:
+    r = RatioEwma(alpha=0.5)
+    assert r.get(7.0) == 7.0 and r.count == 0
+    r.add(1.0, 10.0)
+    assert r.value == pytest.approx(0.1)
+    r.add(3.0, 10.0)  # numerator EWMA 2, denominator 10
+    assert r.value == pytest.approx(0.2) and r.count == 2
+    r.add(0.0, 0.0)  # 1 / 5
+    assert r.value == pytest.approx(0.2)
