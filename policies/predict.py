@@ -122,6 +122,16 @@ class TtftPredictor:
         clouds: Sequence[bool] | None = None,
     ) -> list[float]:
         """Seconds per candidate; ``clouds`` (``is_cloud`` per candidate) if already known."""
+        return self.predict_with_overlaps(candidates, ctx, clouds)[0]
+
+    def predict_with_overlaps(
+        self,
+        candidates: Sequence[Deployment],
+        ctx: RouteContext,
+        clouds: Sequence[bool] | None = None,
+    ) -> tuple[list[float], list[float]]:
+        """Seconds per candidate, and the expected cached share of the prompt's prefix on
+        each (0 for clouds: their caches are not the gateway's to predict)."""
         kit = self._kit
         tuning = kit.tuning
         if clouds is None:
@@ -132,10 +142,13 @@ class TtftPredictor:
         gpu = [i for i, cloud in enumerate(clouds) if not cloud]
         overlaps = affinity_overlaps(candidates, ctx, kit.loads, kit.rendezvous, gpu)
         tokens = ctx.prompt_tokens
-        return [
+        predictions = [
             predict_ttft(d, load, overlap, tokens, tuning, cloud)
             for d, load, overlap, cloud in zip(candidates, loads, overlaps, clouds, strict=True)
         ]
+        if any(clouds):
+            overlaps = [0.0 if cloud else o for o, cloud in zip(overlaps, clouds, strict=True)]
+        return predictions, overlaps
 
 
 class TtftScorer:

@@ -30,7 +30,8 @@ from aigw.policies.tuning import PARAM_CHECKS, Tuning, param_problem
 
 __all__ = ["PRESETS", "PolicySettings", "Preset", "make_policy", "parse_policy", "policy_problems"]
 
-_SCORED_PARAMS = frozenset(PARAM_CHECKS) - {"virtual_nodes"} | {"picker"}
+_AUTO_PARAMS = frozenset(PARAM_CHECKS) - {"virtual_nodes"} | {"picker"}
+_SCORED_PARAMS = _AUTO_PARAMS - {"affinity_bias"}  # auto's ranking alone reads it
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,7 @@ PRESETS: dict[str, Preset] = {
             "argmax",
             _auto,
             {"ttft": 1.0},
-            _SCORED_PARAMS,
+            _AUTO_PARAMS,
         ),
     )
 }

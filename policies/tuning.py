@@ -40,6 +40,12 @@ class Tuning:
     # Tokens per engine step (vLLM's chunked-prefill budget): each running sequence takes one
     # of them, so a prefill slows by running / chunk_tokens.
     chunk_tokens: float = 512.0
+    # auto only: a candidate holding a share ``overlap`` of the prompt's prefix ranks as if
+    # its predicted TTFT were x (1 - affinity_bias x overlap). The prediction already credits
+    # the prefill a cache hit saves this request; the bias adds what it saves the fleet (the
+    # compute not spent re-prefilling, the cache kept warm for the conversation's next
+    # turns). 0: rank on the prediction alone.
+    affinity_bias: float = 0.5
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Tuning:
@@ -84,6 +90,7 @@ PARAM_CHECKS: dict[str, Callable[[object], str | None]] = {
     "tpot_s": _positive,
     "assumed_batch": _at_least_one,
     "chunk_tokens": _positive,
+    "affinity_bias": _fraction,
 }
 
 

@@ -180,3 +180,27 @@ def test_extra_weights_join_the_prediction() -> None:
     spec = {"name": "auto", "weights": {"cost": 1}}
     assert picks(spec, model, deps, ctx) == {"free": 20}
     assert set(deps[0].state.last_scores) == {"ttft", "cost", "total", "predicted_ttft_s"}
+
+
+def test_affinity_bias_keeps_a_cached_prompt_on_a_somewhat_slower_deployment() -> None:
+    """A short prompt saves little prefill, so the prediction alone moves it to a less busy
+    deployment (and its cache goes cold); the bias holds it where its prefix is cached while
+    the other is predicted less than 1 / (1 - bias x overlap) times faster, and no further."""
+    model, deps = gpus(2)
+    busier, idle = deps
+    scrape(busier, running=200)
+    scrape(idle, running=0)
+    busier.state.prefixes.add(BLOCKS)
+    short = request(prompt_tokens=50, prefix_blocks=BLOCKS)
+    assert picks({"name": "auto", "affinity_bias": 0}, model, deps, short) == {"g1": 20}
+    assert picks("auto", model, deps, short) == {"g0": 20}
+    scrape(busier, running=900)  # (1 + 900 / 512) is more than twice (1 + 0): no bias covers it
+    assert picks("auto", model, deps, short) == {"g1": 20}
+
+
+def test_affinity_bias_is_an_auto_parameter_only() -> None:
+    from aigw.policies import policy_problems
+
+    assert policy_problems({"name": "auto", "affinity_bias": 0.5}) == []
+    assert policy_problems({"name": "auto", "affinity_bias": 1.0})  # a fraction in [0, 1)
+    assert policy_problems({"name": "gpu-aware", "affinity_bias": 0.5})  # would be ignored
