@@ -1,7 +1,9 @@
 """Routing benchmark: every routing policy against a heterogeneous simulated GPU fleet.
 
     .venv/bin/python loadtests/routing_bench.py            # the default sweep (< 10 min, 2 cores)
+    .venv/bin/python loadtests/routing_bench.py --seeds 3  # the same over seeds 1..3 (~26 min)
     .venv/bin/python loadtests/routing_bench.py --quick    # a one-minute look
+    .venv/bin/python loadtests/routing_bench.py --quick --seeds 1,2,3  # three seeds of it
     .venv/bin/python loadtests/routing_bench.py --policies all --loads 0.3,0.5,0.8,1.0,1.1 \\
         --workloads W1,W2,W3 --arrivals poisson,gamma      # the full grid (hours)
 
@@ -10,6 +12,11 @@ measures the fleet's capacity per workload, then for each policy and scenario st
 gateway (``aigw serve``) and drives it open loop with streamed chat completions: Poisson or
 bursty Gamma (CV 3) arrivals, ShareGPT-like lengths, three workloads (W1 independent, W2
 prefix-heavy conversations, W3 mixed long/short), plus one run where a backend slows x3.
+
+``--seeds`` repeats every run with each seed's schedule (arrivals, lengths, conversations);
+the report then gives medians over seeds with their spread, and ranks ``auto`` against each
+other policy only where the spreads do not overlap. Runs go seed by seed, scenario by
+scenario, every policy back to back, so drift of the machine hits every policy alike.
 
 Simulated time runs ``--time-scale`` times slower than wall time (0.5: twice as fast); every
 reported latency is in simulated seconds. Writes ``routing.md`` and ``routing.json`` to
@@ -36,6 +43,7 @@ if str(ROOT) not in sys.path:
 from loadtests.bench.report import markdown, write_reports  # noqa: E402
 from loadtests.bench.sweep import (  # noqa: E402
     ALL_POLICIES,
+    BUDGET_PER_SEED,
     DEFAULT_POLICIES,
     DEFAULT_SCENARIOS,
     Scenario,
@@ -59,6 +67,20 @@ def _loads(value: str) -> list[float]:
     return loads
 
 
+def _seeds(value: str) -> tuple[int, ...]:
+    """``1,2,5`` (a list; ``7,`` is the single seed 7) or ``3`` (seeds 1, 2, 3)."""
+    try:
+        if "," in value:
+            seeds = tuple(int(v) for v in _csv(value))
+        else:
+            seeds = tuple(range(1, int(value) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a seed list or count: {value!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct and at least one: {value!r}")
+    return seeds
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -78,15 +100,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="round-robin and auto, W1 at 80%% plus the straggler, short windows",
+        help="round-robin, least-connections and auto, W1 at 80%% plus the straggler, "
+        "short windows",
     )
     p.add_argument("--out", type=Path, default=ROOT / "results" / "routing")
-    p.add_argument("--seed", type=int, default=1)
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, help="one seed (default 1)")
+    seeds.add_argument(
+        "--seeds",
+        type=_seeds,
+        help="several seeds: a comma-separated list (1,2,3; '7,' is the one seed 7), or a "
+        "count N for seeds 1..N. The fleet and the capacity use the first",
+    )
     p.add_argument(
         "--budget",
         type=float,
-        default=900.0,
-        help="wall seconds; runs that would end past it are skipped (900)",
+        help="wall seconds; runs that would end past it are skipped "
+        f"(default {BUDGET_PER_SEED:.0f} x the number of seeds)",
     )
     p.add_argument("--fleet", type=_csv, help="GPU profiles, e.g. h100,a100,l4 (default 2 of each)")
     return p
@@ -95,7 +125,8 @@ def parser() -> argparse.ArgumentParser:
 def build_config(args: argparse.Namespace) -> SweepConfig:
     grid = args.loads or args.workloads or args.arrivals
     if args.quick:
-        policies: Sequence[str] = ("round-robin", "auto")
+        # least-connections: the policy the issue compares auto against
+        policies: Sequence[str] = ("round-robin", "least-connections", "auto")
         scenarios: tuple[Scenario, ...] = (
             Scenario("W1", "poisson", 0.8),
             Scenario("W1", "poisson", 0.8, straggler=True),
@@ -124,7 +155,7 @@ def build_config(args: argparse.Namespace) -> SweepConfig:
         policies=tuple(policies),
         scenarios=scenarios,
         out=args.out,
-        seed=args.seed,
+        seeds=args.seeds or (1 if args.seed is None else args.seed,),
         budget=args.budget,
     )
     if args.quick:
@@ -178,8 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = build_config(args)
     command = shlex.join(["loadtests/routing_bench.py", *(sys.argv[1:] if argv is None else argv)])
     print(
-        f"routing benchmark: {len(config.policies)} policies x {len(config.scenarios)} scenarios; "
-        f"1 simulated s = {config.time_scale:g} wall s; "
+        f"routing benchmark: {len(config.policies)} policies x {len(config.scenarios)} scenarios "
+        f"x {len(config.seeds)} seeds; 1 simulated s = {config.time_scale:g} wall s; "
+        f"budget {config.budget_seconds:.0f} s; "
         f"estimated wall time {estimate_wall_seconds(config) / 60:.1f} min",
         flush=True,
     )

@@ -52,11 +52,14 @@ class RunSpec:
     warmup: float  # simulated seconds of unmeasured arrivals
     window: float  # simulated seconds of measured arrivals
     straggler: StragglerSpec | None = None
+    seed: int = 1  # the seed its schedule was drawn with (reported, not used here)
 
     @property
     def label(self) -> str:
         extra = "/straggler" if self.straggler else ""
-        return f"{self.policy} {self.workload}/{self.arrival}/{self.load:.0%}{extra}"
+        return (
+            f"{self.policy} {self.workload}/{self.arrival}/{self.load:.0%}{extra} seed {self.seed}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ class RunSummary:
     arrival: str
     load: float
     straggler: bool  # a backend slowed down during the run
+    seed: int  # the seed the run's schedule was drawn with
     rate: float  # offered requests per simulated second
     requests: int  # measured requests sent
     completed: int
@@ -114,6 +115,7 @@ def summarize(run: RunData, slo: SLO = SLO()) -> RunSummary:
         arrival=spec.arrival,
         load=spec.load,
         straggler=spec.straggler is not None,
+        seed=spec.seed,
         rate=spec.rate,
         requests=len(measured),
         completed=sum(1 for r in measured if r.error is None),

@@ -27,6 +27,7 @@ __all__ = ["StragglerReport", "analyse_straggler"]
 @dataclass(frozen=True, slots=True)
 class StragglerReport:
     policy: str
+    seed: int  # the seed the run's schedule was drawn with
     backend: str
     factor: float
     fair_share: float  # the straggler's share of the measured capacity, before the slowdown
@@ -89,6 +90,7 @@ def analyse_straggler(run: RunData, capacity: Mapping[str, float]) -> StragglerR
     slowed = own / straggler.factor
     return StragglerReport(
         policy=spec.policy,
+        seed=spec.seed,
         backend=straggler.backend,
         factor=straggler.factor,
         fair_share=fair,

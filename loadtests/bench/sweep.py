@@ -2,9 +2,15 @@
 
 One fleet process group serves every run; each run gets a fresh gateway (so that no run
 inherits another's EWMAs, ejections or prefix memory) and fresh prompt salts (so that no run
-hits prefixes cached by another). Capacity is measured first, once per workload in the plan.
+hits prefixes cached by another). The fleet is seeded, and capacity measured once per workload
+in the plan, with the first of ``seeds``; each run's schedule is drawn with its own seed.
+
+Order: for each seed, for each scenario, every policy back to back. Policies compared on one
+scenario run minutes apart at most, so drift of the machine (thermal, other load) between the
+start and the end of a sweep hits every policy alike instead of favouring the ones run first.
+
 Every run is bounded: its arrivals are finite, its drain ends ``ttft_timeout`` after the last
-arrival at the latest, and the sweep skips runs once ``budget`` wall seconds are spent.
+arrival at the latest, and the sweep skips runs once the budget (wall seconds) is spent.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from .straggler import StragglerReport, analyse_straggler
 from .workload import Priming, Schedule, build_schedule, prefix_profile
 
 __all__ = [
+    "ALL_POLICIES",
+    "BUDGET_PER_SEED",
     "DEFAULT_POLICIES",
     "DEFAULT_SCENARIOS",
     "Scenario",
@@ -36,7 +44,9 @@ __all__ = [
     "SweepResult",
     "available_policies",
     "estimate_wall_seconds",
+    "run_order",
     "run_sweep",
+    "scenario_key",
 ]
 
 DEFAULT_POLICIES = ("round-robin", "least-connections", "least-latency", "gpu-aware", "auto")
@@ -51,6 +61,7 @@ ALL_POLICIES = (
     "gpu-aware",
     "auto",
 )
+BUDGET_PER_SEED = 900.0  # wall seconds: the default sweep with one seed fits in it
 # Tuning parameters that are durations in seconds: scaled with the simulator's clock.
 _TIME_PARAMS = ("cold_ttft_s", "kv_penalty_s", "prefill_s_per_token", "tpot_s")
 
@@ -81,7 +92,7 @@ class SweepConfig:
     out: Path
     profiles: tuple[str, ...] = ("h100", "h100", "a100", "a100", "l4", "l4")
     time_scale: float = 0.5
-    seed: int = 1
+    seeds: tuple[int, ...] = (1,)  # one schedule per seed; the first also seeds the fleet
     warmup: float = 5.0  # simulated seconds after priming, not measured
     window: float = 15.0  # simulated seconds of measured arrivals
     straggler_window: float = 20.0
@@ -92,9 +103,22 @@ class SweepConfig:
     capacity_window: float = 5.0
     ttft_timeout: float = 10.0
     fleet_processes: int = 2
-    budget: float = 900.0  # wall seconds; later runs are skipped past it
+    budget: float | None = None  # wall seconds (None: 900 per seed); later runs are skipped
     priming: Priming | None = field(default_factory=Priming)
     gateway_timing: GatewayTiming = field(default_factory=GatewayTiming)
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, not {self.seeds}")
+
+    @property
+    def fleet_seed(self) -> int:
+        """The seed of the fleet and of the capacity measurements: the first seed."""
+        return self.seeds[0]
+
+    @property
+    def budget_seconds(self) -> float:
+        return BUDGET_PER_SEED * len(self.seeds) if self.budget is None else self.budget
 
 
 @dataclass(slots=True)
@@ -105,9 +129,9 @@ class SweepResult:
     capacities: dict[str, Capacity] = field(default_factory=dict)
     summaries: list[RunSummary] = field(default_factory=list)
     stragglers: list[StragglerReport] = field(default_factory=list)
-    # "W2/poisson/80%" -> (shared system prompt share, ideal affinity hit rate) of the
-    # measured requests' prompt tokens (workload.prefix_profile)
-    prefix_profiles: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # scenario_key ("W2/poisson/80%") -> seed -> (shared system prompt share, ideal affinity
+    # hit rate) of the measured requests' prompt tokens (workload.prefix_profile)
+    prefix_profiles: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     wall_seconds: float = 0.0
 
@@ -152,7 +176,7 @@ def _capacity_plan(config: SweepConfig, workload: str) -> tuple[Schedule, dict[s
     """The requests, streams per profile and warm-up of one capacity measurement."""
     # The rate only shapes W2's conversations; the closed loop ignores arrival times.
     schedule = build_schedule(
-        workload, "poisson", 30.0, 60.0, config.seed, UPSTREAM_MODEL, f"cap-{workload}"
+        workload, "poisson", 30.0, 60.0, config.fleet_seed, UPSTREAM_MODEL, f"cap-{workload}"
     )
     concurrency = saturating_concurrency(schedule, config.profiles)
     warmup = max(config.capacity_warmup, fill_seconds(schedule, concurrency) + 1.0)
@@ -165,10 +189,12 @@ def estimate_wall_seconds(config: SweepConfig) -> float:
         (_capacity_plan(config, w)[2] + config.capacity_window) * config.time_scale + 2.0
         for w in workloads
     )
-    runs = sum(
-        _run_sim_seconds(config, s) * config.time_scale + 2.5 for s in config.scenarios
-    ) * len(config.policies)
-    return 3.0 + capacity + runs
+    runs = sum(_run_wall_seconds(config, s) for s in config.scenarios) * len(config.policies)
+    return 3.0 + capacity + runs * len(config.seeds)
+
+
+def _run_wall_seconds(config: SweepConfig, scenario: Scenario) -> float:
+    return _run_sim_seconds(config, scenario) * config.time_scale + 2.5  # + gateway start/stop
 
 
 def policy_spec(policy: str, time_scale: float) -> str | dict[str, Any]:
@@ -191,7 +217,21 @@ def policy_spec(policy: str, time_scale: float) -> str | dict[str, Any]:
     return {"name": policy, **scaled} if scaled and time_scale != 1.0 else policy
 
 
-def _run_spec(config: SweepConfig, policy: str, scenario: Scenario, capacity: Capacity) -> RunSpec:
+def scenario_key(scenario: Scenario) -> str:
+    """``W2/poisson/80%`` (`` + straggler`` for a straggler run): the key of prefix_profiles."""
+    extra = " + straggler" if scenario.straggler else ""
+    return f"{scenario.workload}/{scenario.arrival}/{scenario.load:.0%}{extra}"
+
+
+def run_order(config: SweepConfig, policies: Sequence[str]) -> list[tuple[int, Scenario, str]]:
+    """(seed, scenario, policy) in the order run: seed-major, then scenario, then policy, so
+    that the policies compared on one scenario and seed run back to back."""
+    return [(seed, sc, p) for seed in config.seeds for sc in config.scenarios for p in policies]
+
+
+def _run_spec(
+    config: SweepConfig, policy: str, scenario: Scenario, capacity: Capacity, seed: int
+) -> RunSpec:
     rate = scenario.load * capacity.requests_per_s
     if not scenario.straggler:
         return RunSpec(
@@ -202,6 +242,7 @@ def _run_spec(config: SweepConfig, policy: str, scenario: Scenario, capacity: Ca
             rate,
             config.warmup,
             config.window,
+            seed=seed,
         )
     straggler = StragglerSpec(
         config.straggler_backend, config.warmup + config.straggler_after, config.straggler_factor
@@ -215,6 +256,7 @@ def _run_spec(config: SweepConfig, policy: str, scenario: Scenario, capacity: Ca
         config.warmup,
         config.straggler_window,
         straggler,
+        seed,
     )
 
 
@@ -224,7 +266,8 @@ async def run_sweep(
     log: Callable[[str], None] = print,
     on_result: Callable[[SweepResult], None] | None = None,
 ) -> SweepResult:
-    """Run every (policy, scenario) of ``config``; ``on_result`` after each run (reports)."""
+    """Run every (seed, scenario, policy) of ``config`` in ``run_order``; ``on_result`` after
+    each run (reports)."""
     started = time.monotonic()
     result = SweepResult(config=config, command=command, machine=machine_info())
     known = available_policies()
@@ -240,47 +283,48 @@ async def run_sweep(
     timing = Timing(config.time_scale, ttft_timeout=config.ttft_timeout)
     with ChildProcesses() as children:
         fleet = Fleet(
-            FleetSpec(config.profiles, config.time_scale, config.seed, config.fleet_processes),
+            FleetSpec(
+                config.profiles, config.time_scale, config.fleet_seed, config.fleet_processes
+            ),
             children,
             logs,
         )
         fleet.start()
         log(f"fleet: {', '.join(b.id for b in fleet.backends)} (time scale {config.time_scale})")
         await _measure_capacities(config, fleet, timing, result, log)
-        run_no = 0
-        for policy in policies:
-            for scenario in config.scenarios:
-                run_no += 1
-                capacity = result.capacities[scenario.workload]
-                spec = _run_spec(config, policy, scenario, capacity)
-                per_backend = capacity.per_backend
-                needed = _run_sim_seconds(config, scenario) * config.time_scale + 2.5
-                if time.monotonic() - started + needed > config.budget:
-                    note = f"skipped {spec.label}: the {config.budget:.0f} s budget is spent"
-                    result.notes.append(note)
-                    log(f"note: {note}")
-                    continue
-                try:
-                    summary, straggler, profile = await _one_run(
-                        config, spec, fleet, children, logs, timing, run_no, per_backend
-                    )
-                except (GatewayStartError, httpx.HTTPError, OSError) as exc:
-                    # One broken run (a gateway that would not start, a backend that did not
-                    # answer its test endpoint) is reported and the sweep goes on.
-                    note = f"run {spec.label} failed: {type(exc).__name__}: {exc}"
-                    result.notes.append(note)
-                    log(f"note: {note}")
-                    continue
-                result.summaries.append(summary)
-                if profile != (0.0, 0.0):
-                    key = f"{spec.workload}/{spec.arrival}/{spec.load:.0%}"
-                    result.prefix_profiles[key] = profile
-                if straggler is not None:
-                    result.stragglers.append(straggler)
-                log(_progress(summary, straggler))
-                result.wall_seconds = time.monotonic() - started
-                if on_result is not None:
-                    on_result(result)
+        budget = config.budget_seconds
+        # run_no numbers every run of the sweep, across seeds: it makes each run's prompt salt
+        # unique, so no run (of any seed) hits prefixes another left in the fleet's caches.
+        for run_no, (seed, scenario, policy) in enumerate(run_order(config, policies), 1):
+            capacity = result.capacities[scenario.workload]
+            spec = _run_spec(config, policy, scenario, capacity, seed)
+            per_backend = capacity.per_backend
+            needed = _run_wall_seconds(config, scenario)
+            if time.monotonic() - started + needed > budget:
+                note = f"skipped {spec.label}: the {budget:.0f} s budget is spent"
+                result.notes.append(note)
+                log(f"note: {note}")
+                continue
+            try:
+                summary, straggler, profile = await _one_run(
+                    config, spec, fleet, children, logs, timing, run_no, per_backend
+                )
+            except (GatewayStartError, httpx.HTTPError, OSError) as exc:
+                # One broken run (a gateway that would not start, a backend that did not
+                # answer its test endpoint) is reported and the sweep goes on.
+                note = f"run {spec.label} failed: {type(exc).__name__}: {exc}"
+                result.notes.append(note)
+                log(f"note: {note}")
+                continue
+            result.summaries.append(summary)
+            if profile != (0.0, 0.0):
+                result.prefix_profiles.setdefault(scenario_key(scenario), {})[seed] = profile
+            if straggler is not None:
+                result.stragglers.append(straggler)
+            log(_progress(summary, straggler))
+            result.wall_seconds = time.monotonic() - started
+            if on_result is not None:
+                on_result(result)
     result.wall_seconds = time.monotonic() - started
     return result
 
@@ -323,9 +367,11 @@ async def _one_run(
         spec.arrival,
         spec.rate,
         window,
-        config.seed,
+        spec.seed,
         MODEL,
-        f"r{run_no:04d}",  # fixed width: the same seed gives the same lengths in every run
+        # Unique per run across seeds; fixed width: a salt is part of every prompt, so the
+        # policies run on one (seed, scenario) get prompts of the same lengths.
+        f"r{run_no:04d}",
         config.priming,
     )
     gateway = start_gateway(
@@ -360,7 +406,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 def _progress(s: RunSummary, straggler: StragglerReport | None) -> str:
     line = (
-        f"{s.policy:>17} {s.workload}/{s.arrival:<7} {s.load:>4.0%}: "
+        f"seed {s.seed} {s.policy:>17} {s.workload}/{s.arrival:<7} {s.load:>4.0%}: "
         f"TTFT p50/p99 {_fmt(s.ttft_p50)}/{_fmt(s.ttft_p99)} s, "
         f"TPOT p50 {_fmt(None if s.tpot_p50 is None else s.tpot_p50 * 1000, 0)} ms, "
         f"{s.output_tokens_per_s:.0f} tok/s, goodput {s.goodput:.1f}/s, "

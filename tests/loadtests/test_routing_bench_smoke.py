@@ -52,6 +52,7 @@ async def test_tiny_sweep_reports_sane_numbers(tmp_path: Path) -> None:
     assert [s.straggler for s in result.summaries] == [False, True]
     for s in result.summaries:
         assert s.policy == "round-robin"
+        assert s.seed == 1
         assert s.requests > 0
         assert s.completed + s.cut > 0
         assert s.failed_pct < 50
@@ -77,6 +78,7 @@ async def test_tiny_sweep_reports_sane_numbers(tmp_path: Path) -> None:
     text = markdown.read_text()
     assert "| round-robin | W1 | poisson | 50% |" in text
     assert "## Straggler" in text
+    assert "## Per-seed runs" not in text  # one seed: the runs are the main table
     report = json.loads(data.read_text())
     assert len(report["runs"]) == 2
     assert report["capacities"]["W1"]["requests_per_s"] == pytest.approx(capacity.requests_per_s)
