@@ -31,8 +31,10 @@ __all__ = [
     "affinity_overlaps",
     "bounded_capacity",
     "mix64",
+    "observed_overlaps",
     "opening_share",
     "stable_hash64",
+    "with_preference",
 ]
 
 _MASK = (1 << 64) - 1
@@ -124,6 +126,40 @@ def opening_share(ctx: RouteContext) -> float:
         return 1.0 / len(blocks)
 
 
+def observed_overlaps(candidates: Sequence[Deployment], ctx: RouteContext) -> list[float]:
+    """Per candidate, the leading share of the prompt's prefix blocks this gateway sent it."""
+    blocks = ctx.prefix_blocks
+    count = len(blocks)
+    if not count:
+        return [0.0] * len(candidates)
+    return [d.state.prefixes.matched(blocks) / count for d in candidates]
+
+
+def with_preference(
+    observed: list[float],
+    candidates: Sequence[Deployment],
+    ctx: RouteContext,
+    loads: LoadEstimator,
+    rendezvous: Rendezvous,
+    members: Sequence[int] | None = None,
+) -> list[float]:
+    """``observed`` with the rendezvous choice credited the conversation's opening share
+    (a new list when it changes anything). ``members``: the candidates (indices) the
+    rendezvous preference may fall on; default all."""
+    key = ctx.affinity_key
+    if key is None or len(candidates) < 2 or not ctx.prefix_blocks or members == []:
+        return observed
+    target = rendezvous.choose(
+        key, candidates, loads.loads(candidates), loads.tuning.load_factor, members
+    )
+    opening = opening_share(ctx)
+    if observed[target] >= opening:
+        return observed
+    preferred = list(observed)
+    preferred[target] = opening
+    return preferred
+
+
 def affinity_overlaps(
     candidates: Sequence[Deployment],
     ctx: RouteContext,
@@ -131,24 +167,10 @@ def affinity_overlaps(
     rendezvous: Rendezvous,
     members: Sequence[int] | None = None,
 ) -> list[float]:
-    """Per candidate, the expected share of the prompt's prefix blocks it has cached.
-
-    ``members``: the candidates (indices) the rendezvous preference may fall on; default all.
-    """
-    blocks = ctx.prefix_blocks
-    count = len(blocks)
-    if not count:
-        return [0.0] * len(candidates)
-    overlaps = [d.state.prefixes.matched(blocks) / count for d in candidates]
-    key = ctx.affinity_key
-    if key is not None and len(candidates) > 1 and (members is None or members):
-        target = rendezvous.choose(
-            key, candidates, loads.loads(candidates), loads.tuning.load_factor, members
-        )
-        opening = opening_share(ctx)
-        if overlaps[target] < opening:
-            overlaps[target] = opening
-    return overlaps
+    """Per candidate, the expected share of the prompt's prefix blocks it has cached: the
+    observed overlap, and the opening share on the rendezvous choice."""
+    observed = observed_overlaps(candidates, ctx)
+    return with_preference(observed, candidates, ctx, loads, rendezvous, members)
 
 
 class PrefixAffinityScorer:

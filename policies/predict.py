@@ -29,8 +29,9 @@ The prefill term is one engine step (about ``tpot``: even a fully cached prompt 
 forward pass) plus the uncached prefill, stretched by the running sequences' share of each
 step's token budget; it grows with every request dispatched, so equal engines share a burst.
 ``retry = 1 / (1 - error_rate)`` (error rate capped at 0.9): the expected number of tries.
-``overlap`` is the expected cached share of the prompt prefix (:mod:`aigw.policies.affinity`),
-so affinity is worth exactly the prefill time it saves and yields once a queue costs more.
+``overlap`` is the share of the prompt prefix this gateway already sent to the deployment
+(:mod:`aigw.policies.affinity`), so a cache hit is worth the prefill time it saves; ``auto``
+adds a ranking bias for it and for the conversation's rendezvous choice (``affinity_bias``).
 Cold defaults come from :class:`~aigw.policies.tuning.Tuning`.
 """
 
@@ -39,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from aigw.fleet.deployment import Deployment
-from aigw.policies.affinity import affinity_overlaps
+from aigw.policies.affinity import observed_overlaps, with_preference
 from aigw.policies.kit import ScorerKit, relative
 from aigw.policies.load import Load
 from aigw.policies.tuning import Tuning
@@ -130,8 +131,14 @@ class TtftPredictor:
         ctx: RouteContext,
         clouds: Sequence[bool] | None = None,
     ) -> tuple[list[float], list[float]]:
-        """Seconds per candidate, and the expected cached share of the prompt's prefix on
-        each (0 for clouds: their caches are not the gateway's to predict)."""
+        """Seconds per candidate, and each one's claim to the prompt's prefix for ranking (0
+        for clouds: their caches are not the gateway's to predict).
+
+        The prediction credits only the *observed* overlap (what this gateway sent there):
+        the rendezvous choice for a conversation's opening has nothing cached on the first
+        turn, and crediting it the whole prefill would send every new prompt's share to a
+        hashed deployment however slow. The claim adds the rendezvous preference, so that a
+        conversation settles where its next turns (and other replicas) will look for it."""
         kit = self._kit
         tuning = kit.tuning
         if clouds is None:
@@ -140,12 +147,13 @@ class TtftPredictor:
         # Only GPU deployments profit from affinity here (cloud predictions ignore overlap),
         # so the rendezvous preference ranks those alone.
         gpu = [i for i, cloud in enumerate(clouds) if not cloud]
-        overlaps = affinity_overlaps(candidates, ctx, kit.loads, kit.rendezvous, gpu)
+        observed = observed_overlaps(candidates, ctx)
         tokens = ctx.prompt_tokens
         predictions = [
             predict_ttft(d, load, overlap, tokens, tuning, cloud)
-            for d, load, overlap, cloud in zip(candidates, loads, overlaps, clouds, strict=True)
+            for d, load, overlap, cloud in zip(candidates, loads, observed, clouds, strict=True)
         ]
+        overlaps = with_preference(observed, candidates, ctx, kit.loads, kit.rendezvous, gpu)
         if any(clouds):
             overlaps = [0.0 if cloud else o for o, cloud in zip(overlaps, clouds, strict=True)]
         return predictions, overlaps
