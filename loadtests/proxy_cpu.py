@@ -68,7 +68,18 @@ def wait_http(url: str, deadline: float = 20.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def run_wrk(url: str, script: Path, seconds: int, connections: int) -> tuple[int, int, str]:
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+_PERCENTILE = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+
+
+def wrk_latencies(out: str) -> dict[str, float]:
+    """p50 and p99 in ms from wrk's --latency distribution ({} without it)."""
+    return {f"p{q}": float(v) * _UNIT_MS[unit] for q, v, unit in _PERCENTILE.findall(out)}
+
+
+def run_wrk(
+    url: str, script: Path, seconds: int, connections: int
+) -> tuple[int, int, str, dict[str, float]]:
     out = subprocess.run(
         [
             "taskset",
@@ -78,6 +89,7 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int) -> tuple[int
             "-t1",
             f"-c{connections}",
             f"-d{seconds}s",
+            "--latency",
             "-s",
             str(script),
             url,
@@ -90,7 +102,12 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int) -> tuple[int
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: .*", out)
-    return requests, int(bad.group(1)) if bad else 0, errors.group(0) if errors else ""
+    return (
+        requests,
+        int(bad.group(1)) if bad else 0,
+        errors.group(0) if errors else "",
+        wrk_latencies(out),
+    )
 
 
 BENCH_KEY = "sk-bench-0123456789"  # a local benchmark gateway on 127.0.0.1 only
@@ -134,19 +151,35 @@ class Measured:
     requests: int
     bad: int
     socket_errors: str
-    cpu_us: float  # per request
+    cpu_us: float  # per request; nan for "direct" (the upstream's CPU is not the proxy's)
     redis_cpu_us: float
+    seconds: float = 1.0
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
 
 
-def measure(args: argparse.Namespace, server: str) -> Measured:
-    """One measured wrk run through ``server`` ("aigw" or "bare", the reference proxy)."""
+def measure(
+    args: argparse.Namespace,
+    server: str,
+    stream: bool | None = None,
+    connections: int | None = None,
+) -> Measured:
+    """One measured wrk run through ``server``: "aigw", "bare" (the reference proxy) or
+    "direct" (wrk straight to the upstream: the latency floor). ``stream`` and
+    ``connections`` default to the command line's."""
+    stream = args.stream if stream is None else stream
+    connections = args.connections if connections is None else connections
     upstream_port, gateway_port = free_port(), free_port()
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yaml"
         config.write_text(_config(args, upstream_port))
         body = '{"model": "bench", "messages": [{"role": "user", "content": "ping"}]'
-        body += ', "stream": true}' if args.stream else "}"
+        body += ', "stream": true}' if stream else "}"
         script = Path(tmp) / "post.lua"
         script.write_text(
             f"wrk.method = 'POST'\nwrk.body = '{body}'\nwrk.headers['Content-Type'] = 'application/json'\n"
@@ -166,7 +199,9 @@ def measure(args: argparse.Namespace, server: str) -> Measured:
                     ]
                 )
             )
-            if server == "bare":
+            if server == "direct":
+                command = []
+            elif server == "bare":
                 command = [
                     sys.executable,
                     str(ROOT / "loadtests/bare_proxy.py"),
@@ -179,16 +214,20 @@ def measure(args: argparse.Namespace, server: str) -> Measured:
                     *("-m", "aigw", "--log-level", "warning", "serve"),
                     *("--config", str(config), "--port", str(gateway_port)),
                 ]
-            gateway = subprocess.Popen(
-                ["taskset", "-c", "0", *command],
-                # Not the checkout: `python -m` puts the working directory first on sys.path,
-                # which would run this checkout's aigw under another install's --python.
-                cwd=tmp,
-            )
-            processes.append(gateway)
+            if command:
+                gateway = subprocess.Popen(
+                    ["taskset", "-c", "0", *command],
+                    # Not the checkout: `python -m` puts the working directory first on
+                    # sys.path, which would run this checkout's aigw under another install.
+                    cwd=tmp,
+                )
+                processes.append(gateway)
+            else:
+                gateway = processes[0]  # direct: the upstream is the server
+                gateway_port = upstream_port
             wait_http(f"http://127.0.0.1:{gateway_port}/healthz")  # any answer: it is up
             url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
-            run_wrk(url, script, 3, args.connections)  # warm up pools and caches
+            run_wrk(url, script, 3, connections)  # warm up pools and caches
             spy = None
             if args.profile and server == "aigw":
                 spy = subprocess.Popen(
@@ -204,7 +243,7 @@ def measure(args: argparse.Namespace, server: str) -> Measured:
             redis_pid = _redis_pid(args.redis) if args.redis else None
             before = tree_cpu_seconds(gateway.pid)
             redis_before = tree_cpu_seconds(redis_pid) if redis_pid else 0.0
-            requests, bad, socket_errors = run_wrk(url, script, args.seconds, args.connections)
+            requests, bad, socket_errors, latency = run_wrk(url, script, args.seconds, connections)
             used = tree_cpu_seconds(gateway.pid) - before
             redis_used = tree_cpu_seconds(redis_pid) - redis_before if redis_pid else 0.0
             if spy is not None:
@@ -222,8 +261,11 @@ def measure(args: argparse.Namespace, server: str) -> Measured:
         requests,
         bad,
         socket_errors,
-        used / max(requests, 1) * 1e6,
+        float("nan") if server == "direct" else used / max(requests, 1) * 1e6,
         redis_used / max(requests, 1) * 1e6,
+        float(args.seconds),
+        latency.get("p50", float("nan")),
+        latency.get("p99", float("nan")),
     )
 
 
@@ -260,7 +302,17 @@ def main() -> int:
         help="interleave ROUNDS runs of aigw with ROUNDS of the bare reference proxy "
         "(loadtests/bare_proxy.py) and print each one's median and aigw's ratio",
     )
+    parser.add_argument(
+        "--table",
+        type=int,
+        metavar="ROUNDS",
+        default=0,
+        help="the overhead table: direct, bare and aigw for JSON and streamed replies at 1, 16 "
+        "and 64 connections, ROUNDS interleaved rounds, medians (CPU-us/req, req/s, p50/p99)",
+    )
     args = parser.parse_args()
+    if args.table:
+        return overhead_table(args)
     mode = "stream (8 chunks)" if args.stream else "non-stream JSON"
     mode += ", features on" if args.features else ""
     mode += f", redis state at {args.redis}" if args.redis else ", memory state"
@@ -281,6 +333,63 @@ def main() -> int:
     result = measure(args, "aigw")
     _report(result, args)
     return 0 if result.bad == 0 else 1
+
+
+def overhead_table(args: argparse.Namespace) -> int:
+    """Every (reply kind, connections, server) measured ``args.table`` times, interleaved
+    (this machine's speed drifts: each round measures everything once, back to back), then
+    one Markdown table of the medians."""
+    servers = ("direct", "bare", "aigw")
+    cells = [(stream, conns) for stream in (False, True) for conns in (1, 16, 64)]
+    runs: dict[tuple[bool, int, str], list[Measured]] = {}
+    for round_no in range(args.table):
+        for stream, conns in cells:
+            for server in servers:
+                result = measure(args, server, stream, conns)
+                runs.setdefault((stream, conns, server), []).append(result)
+                kind = "stream" if stream else "json"
+                print(
+                    f"round {round_no + 1} {kind} c{conns} {server}: {result.rps:.0f} req/s, "
+                    f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, "
+                    f"{result.cpu_us:.0f} CPU-us, non-2xx {result.bad} {result.socket_errors}",
+                    flush=True,
+                )
+    print()
+    print(table_markdown(runs))
+    return 0 if all(r.bad == 0 for v in runs.values() for r in v) else 1
+
+
+def table_markdown(runs: dict[tuple[bool, int, str], list[Measured]]) -> str:
+    """Medians per cell; aigw's CPU over bare's and its latency over direct's."""
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    lines = [
+        "| reply | conns | server | req/s | p50 ms | p99 ms | CPU-us/req | vs bare | "
+        "added p50 / p99 ms | errors |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for (stream, conns, server), results in runs.items():
+        direct = runs.get((stream, conns, "direct"), [])
+        bare = runs.get((stream, conns, "bare"), [])
+        cpu = med([r.cpu_us for r in results])
+        ratio = "-"
+        if server == "aigw" and bare:
+            ratio = f"{cpu / med([r.cpu_us for r in bare]):.2f}x"
+        added = "-"
+        if server != "direct" and direct:
+            p50 = med([r.p50_ms for r in results]) - med([r.p50_ms for r in direct])
+            p99 = med([r.p99_ms for r in results]) - med([r.p99_ms for r in direct])
+            added = f"+{p50:.2f} / +{p99:.2f}"
+        lines.append(
+            f"| {'8-chunk stream' if stream else 'JSON'} | {conns} | {server} "
+            f"| {med([r.rps for r in results]):.0f} | {med([r.p50_ms for r in results]):.2f} "
+            f"| {med([r.p99_ms for r in results]):.2f} "
+            f"| {'-' if server == 'direct' else f'{cpu:.0f}'} | {ratio} | {added} "
+            f"| {sum(r.bad for r in results)} |"
+        )
+    return "\n".join(lines)
 
 
 def _report(result: Measured, args: argparse.Namespace) -> None:
