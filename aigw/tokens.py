@@ -7,7 +7,11 @@ tiktoken's cache name (sha1 of its download URL) or as ``<name>.tiktoken``, chec
 when the encoding is a known one, and only then hands it to tiktoken. When none is found the
 counter estimates one token per 4 characters (``TokenCounter.exact`` is False).
 
-Fetching. :func:`load_counter_async` (the app's lifespan) then starts one background fetch,
+Start-up. :func:`load_counter_async` (the app's lifespan) does not wait for the file to be
+parsed (~150 ms for cl100k_base here): the gateway accepts connections meanwhile, and a
+request that needs a count in that window waits for the parse, never gets an estimate.
+
+Fetching. When there is no usable file, :func:`load_counter_async` starts one background fetch,
 unless ``tokens.offline`` is true: the file is downloaded (asynchronously, the whole fetch
 bounded by ``FETCH_TIMEOUT_S``), checked against its published sha256, written to tiktoken's
 cache so the next start finds it, and parsed in a worker thread (tiktoken's loader blocks).
@@ -90,6 +94,47 @@ class TokenCounter:
         self._encoding = encoding
         self.name = name
         self.fetch_task: asyncio.Task[bool] | None = None
+        self.load_task: asyncio.Task[None] | None = None  # the local file, being parsed
+
+    async def _loaded(self) -> None:
+        """Wait for the local file being parsed (the first ~150 ms of the process only)."""
+        task = self.load_task
+        if task is not None and not task.done():
+            await asyncio.shield(task)  # a request that goes away does not cancel the load
+
+    async def load_local(
+        self,
+        found: Path,
+        config: TokensConfig,
+        fetch: FetchEncoding | None = None,
+        fetch_timeout_s: float = FETCH_TIMEOUT_S,
+    ) -> None:
+        """Parse the encoding file ``found`` in a thread and switch to exact counts; an
+        unusable file is logged and treated as none (:meth:`without_file`)."""
+        try:
+            encoding = await asyncio.to_thread(_load_file, found, self.name)
+        except ValueError as exc:
+            log.warning("tiktoken encoding file %s is unusable: %s", found, exc)
+            self.without_file(config, fetch, fetch_timeout_s)
+            return
+        self._encoding = encoding
+        log.info("token counts are exact: tiktoken encoding %s from %s", self.name, found)
+
+    def without_file(
+        self, config: TokensConfig, fetch: FetchEncoding | None, fetch_timeout_s: float
+    ) -> None:
+        """No usable local file: say so, and start the background fetch unless offline."""
+        log.warning(
+            "tiktoken encoding %s not found (set tokens.encodings_dir or TIKTOKEN_CACHE_DIR); "
+            "token counts are estimated at 1 token per %d characters",
+            self.name,
+            _CHARS_PER_TOKEN,
+        )
+        if config.offline:
+            log.info("tokens.offline is true: %s is not fetched; counts stay estimated", self.name)
+        else:
+            log.info("fetching tiktoken encoding %s in the background", self.name)
+            self.start_fetch(fetch, fetch_timeout_s)
 
     @property
     def exact(self) -> bool:
@@ -104,6 +149,8 @@ class TokenCounter:
 
     async def count_async(self, text: str) -> int:
         """Like ``count``, but long texts are counted off the event loop."""
+        if self.load_task is not None:
+            await self._loaded()
         if len(text) <= INLINE_CHARS or self._encoding is None:
             return self.count(text)
         return await asyncio.to_thread(self.count, text)
@@ -122,6 +169,8 @@ class TokenCounter:
 
     async def count_chat_async(self, messages: object) -> int:
         """Like ``count_chat``; when the texts exceed ``INLINE_CHARS``, counted in a thread."""
+        if self.load_task is not None:
+            await self._loaded()
         texts, fixed = _chat_parts(messages)
         return fixed + await self._count_texts_async(texts)
 
@@ -133,6 +182,8 @@ class TokenCounter:
 
     async def count_prompt_async(self, prompt: object) -> int:
         """Like ``count_prompt``; when the texts exceed ``INLINE_CHARS``, counted in a thread."""
+        if self.load_task is not None:
+            await self._loaded()
         texts, fixed = _prompt_parts(prompt)
         return fixed + await self._count_texts_async(texts)
 
@@ -201,7 +252,11 @@ class TokenCounter:
         return True
 
     async def aclose(self) -> None:
-        """Cancel the background fetch, if one is running, and wait for it to end."""
+        """Cancel the local load and the background fetch, if running, and wait for them."""
+        load, self.load_task = self.load_task, None
+        if load is not None and not load.done():
+            load.cancel()
+            await asyncio.wait([load])
         task, self.fetch_task = self.fetch_task, None
         if task is not None and not task.done():
             task.cancel()
@@ -225,20 +280,21 @@ async def load_counter_async(
     fetch: FetchEncoding | None = None,
     fetch_timeout_s: float = FETCH_TIMEOUT_S,
 ) -> TokenCounter:
-    """The app's counter: loads a local encoding file in a thread (:func:`load_counter`); when
-    there is none and ``config.offline`` is false, starts the background fetch as
+    """The app's counter, returned at once. A local encoding file is parsed in a thread as
+    ``counter.load_task`` (cl100k_base: ~150 ms and ~40 MB, which start-up need not wait
+    for); counting calls made meanwhile wait for it, so every count is exact. When there is
+    no usable file and ``config.offline`` is false, the background fetch starts as
     ``counter.fetch_task``. The caller owns the counter and ends with ``await counter.aclose()``.
     """
-    counter = await asyncio.to_thread(load_counter, config.encoding, config.encodings_dir)
-    if counter.exact:
-        return counter
-    if config.offline:
-        log.info(
-            "tokens.offline is true: %s is not fetched; counts stay estimated", config.encoding
+    counter = TokenCounter(None, config.encoding)
+    found = _find_encoding_file(config.encoding, config.encodings_dir)
+    if found is not None:
+        counter.load_task = asyncio.create_task(
+            counter.load_local(found, config, fetch, fetch_timeout_s),
+            name=f"aigw-load-{config.encoding}",
         )
     else:
-        log.info("fetching tiktoken encoding %s in the background", config.encoding)
-        counter.start_fetch(fetch, fetch_timeout_s)
+        counter.without_file(config, fetch, fetch_timeout_s)
     return counter
 
 

@@ -314,7 +314,35 @@ async def test_offline_never_fetches(
 async def test_a_local_file_means_no_fetch() -> None:
     fetch = FakeFetch(error=AssertionError("must not be called"))
     counter = await load_counter_async(TokensConfig(encodings_dir=SHARED), fetch=fetch)
+    assert counter.load_task is not None
+    await counter.load_task
     assert counter.exact and counter.fetch_task is None and fetch.calls == []
+
+
+@needs_encodings
+async def test_start_up_does_not_wait_for_the_local_file_but_counts_do() -> None:
+    """The file is parsed in a thread while the gateway starts; a count asked meanwhile
+    waits for it and is exact (2 tokens, where the estimate would say 3)."""
+    counter = await load_counter_async(TokensConfig(encodings_dir=SHARED))
+    assert counter.load_task is not None and not counter.load_task.done()
+    assert not counter.exact  # start-up went on without it
+    assert await counter.count_async("hello world") == 2
+    assert await counter.count_chat_async([{"role": "user", "content": "hello world"}]) == 9
+    assert await counter.count_prompt_async("hello world") == 2
+    assert counter.exact
+    await counter.aclose()
+
+
+@needs_encodings
+async def test_a_request_that_goes_away_does_not_cancel_the_load() -> None:
+    counter = await load_counter_async(TokensConfig(encodings_dir=SHARED))
+    waiting = asyncio.create_task(counter.count_async("hello world"))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    assert counter.load_task is not None
+    await counter.load_task
+    assert counter.exact and not counter.load_task.cancelled()
+    await counter.aclose()
 
 
 async def test_aclose_cancels_a_pending_fetch(no_local_encodings: Path) -> None:
@@ -346,3 +374,16 @@ def test_a_corrupt_local_file_is_ignored_not_deleted(
     assert not counter.exact
     assert corrupt.read_bytes() == b"garbage"
     assert "is unusable: sha256 differs" in caplog.text
+
+
+async def test_a_corrupt_local_file_at_start_up_leaves_estimates_and_fetches(
+    tmp_path: Path, no_local_encodings: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "cl100k_base.tiktoken").write_bytes(b"garbage")
+    fetch = FakeFetch(hang=True)
+    counter = await load_counter_async(TokensConfig(encodings_dir=str(tmp_path)), fetch=fetch)
+    assert await counter.count_async("x" * 40) == 10  # waited for the load: an estimate
+    assert "is unusable: sha256 differs" in caplog.text
+    assert counter.fetch_task is not None  # no usable file: fetched as when there is none
+    await counter.aclose()
+    assert fetch.cancelled
