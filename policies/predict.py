@@ -12,8 +12,10 @@ i.e. running + waiting from the scrape plus the gateway's dispatches since it)::
               = capacity / service        otherwise
     queue     = excess / drain            if excess > 0
     kv        = kv_penalty_s x clamp((kv_usage - kv_threshold) / (1 - kv_threshold), 0, 1)
-    prefill   = (tpot_ewma + prompt_tokens x prefill_per_token_ewma x (1 - overlap))
+    prefill   = (tpot_ewma + (backlog + prompt_tokens x (1 - overlap)) x prefill_per_token)
                 x (1 + running / chunk_tokens)                   # steps shared with decodes
+                (backlog: prompt tokens of this gateway's streams sent there that have no
+                first token yet: prefill the engine does before this one's)
     ttft      = (queue + kv + prefill) x retry
 
 GPU deployment with stale or absent metrics (gateway-local signals only)::
@@ -69,7 +71,8 @@ def predict_ttft(
     retry = 1.0 / (1.0 - min(error_rate, 0.9)) if error_rate else 1.0
     if cloud:
         return state.ttft.get(tuning.cold_ttft_s) * retry
-    prefill = prompt_tokens * state.prefill_per_token.get(tuning.prefill_s_per_token)
+    per_token = state.prefill_per_token.get(tuning.prefill_s_per_token)
+    prefill = prompt_tokens * per_token
     if not load.fresh:
         base = state.ttft.value
         if base is None:
@@ -77,7 +80,11 @@ def predict_ttft(
         local = max(base - prefill * overlap, base * 0.1)
         return local * (1.0 + load.running / load.capacity) * retry
     tpot = state.tpot.get(tuning.tpot_s)
-    seconds = (tpot + prefill * (1.0 - overlap)) * (1.0 + load.running / tuning.chunk_tokens)
+    # Prompts this gateway sent before, still in prefill, are prefilled first (FCFS).
+    ahead_s = state.prefill_backlog * per_token
+    seconds = (tpot + ahead_s + prefill * (1.0 - overlap)) * (
+        1.0 + load.running / tuning.chunk_tokens
+    )
     ahead = load.running + load.waiting
     excess = ahead + 1.0 - load.capacity
     if excess > 0.0:  # then ahead > 0

@@ -86,6 +86,7 @@ def describe(deployment: Deployment, now: float) -> dict[str, Any]:
         # the engine's batch limit: configured max_num_seqs, else learnt (None: not known)
         "batch_limit": deployment.config.max_num_seqs or state.batch_limit,
         "prefix_blocks_remembered": len(state.prefixes),
+        "prefill_backlog_tokens": state.prefill_backlog,  # streams sent, no first token yet
         "engine": None
         if engine is None
         else {

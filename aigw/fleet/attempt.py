@@ -35,6 +35,10 @@ class Attempt:
     started_at: float
     queued_s: float = 0.0  # time spent waiting in the admission queue before this attempt
     engine_queued: bool = False
+    # Streams only: prompt tokens of this gateway's earlier streams to the deployment still
+    # waiting for their first token when this one was sent (the prefill ahead of it), or
+    # None when this attempt is not counted in the backlog (a non-streamed request).
+    prefill_ahead: int | None = None
     first_byte_at: float | None = None
     last_byte_at: float | None = None
     relayed_events: int = 0

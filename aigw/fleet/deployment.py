@@ -29,6 +29,9 @@ class DeploymentState:
     """
 
     in_flight: int = 0
+    # Prompt tokens of this gateway's streams sent here that have no first token yet: the
+    # prefill the engine still has to do for them, ahead of the next request.
+    prefill_backlog: int = 0
     requests: int = 0
     failures: int = 0
     consecutive_failures: int = 0

@@ -23,8 +23,12 @@ class SignalRecorder:
         state.in_flight += 1
         state.requests += 1
         state.dispatched += 1
-        if attempt.ctx.prefix_blocks:
-            state.prefixes.add(attempt.ctx.prefix_blocks)
+        ctx = attempt.ctx
+        if ctx.prefix_blocks:
+            state.prefixes.add(ctx.prefix_blocks)
+        if ctx.body.get("stream"):  # only a stream's first token tells when prefill ended
+            attempt.prefill_ahead = state.prefill_backlog
+            state.prefill_backlog += ctx.prompt_tokens
 
     def on_first_byte(self, attempt: Attempt) -> None:
         assert attempt.first_byte_at is not None
@@ -32,12 +36,16 @@ class SignalRecorder:
         seconds = attempt.first_byte_at - attempt.started_at
         state.observe_first_byte(seconds, attempt.first_byte_at)
         prompt_tokens = attempt.ctx.prompt_tokens
+        ahead = attempt.prefill_ahead
+        if ahead is not None:
+            state.prefill_backlog -= prompt_tokens
         if not attempt.engine_queued and prompt_tokens > 0:
             # The first token costs one engine step (about one TPOT) beyond the prefill: taken
-            # out, so that short prompts do not make every token look expensive.
+            # out, so that short prompts do not make every token look expensive; and the
+            # engine prefilled what was sent before it first.
             step = state.tpot.value or 0.0
             prefill = seconds - step if seconds > step else 0.0
-            state.prefill_per_token.add(prefill, prompt_tokens)
+            state.prefill_per_token.add(prefill, prompt_tokens + (ahead or 0))
 
     def on_success(self, attempt: Attempt) -> None:
         state = attempt.deployment.state
@@ -60,4 +68,7 @@ class SignalRecorder:
         pass  # error rates and ejection belong to the outlier detector
 
     def on_finish(self, attempt: Attempt) -> None:
-        attempt.deployment.state.in_flight -= 1
+        state = attempt.deployment.state
+        state.in_flight -= 1
+        if attempt.prefill_ahead is not None and attempt.first_byte_at is None:
+            state.prefill_backlog -= attempt.ctx.prompt_tokens  # failed before its first token

@@ -38,9 +38,10 @@ class ModelRoute:
     adapter: str | None
     smallest_context_window: int | None  # None when no deployment declares one
     sticky: Stickiness | None = None  # sticky sessions (aigw.routing.sticky); None: off
+    endpoints: frozenset[Endpoint] = frozenset()  # served by at least one deployment
 
     def supports(self, endpoint: Endpoint) -> bool:
-        return any(d.provider.supports(endpoint) for d in self.deployments)
+        return endpoint in self.endpoints
 
     def deployment(self, deployment_id: str) -> Deployment | None:
         for d in self.deployments:
@@ -213,4 +214,7 @@ def _build_route(
         adapter=model.adapter,
         smallest_context_window=min(windows) if windows else None,
         sticky=Stickiness(model.sticky, model.name) if model.sticky is not None else None,
+        endpoints=frozenset(
+            e for e in Endpoint if any(d.provider.supports(e) for d in deployments)
+        ),
     )

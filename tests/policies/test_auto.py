@@ -204,3 +204,32 @@ def test_affinity_bias_is_an_auto_parameter_only() -> None:
     assert policy_problems({"name": "auto", "affinity_bias": 0.5}) == []
     assert policy_problems({"name": "auto", "affinity_bias": 1.0})  # a fraction in [0, 1)
     assert policy_problems({"name": "gpu-aware", "affinity_bias": 0.5})  # would be ignored
+
+
+def test_a_burst_of_long_prompts_between_scrapes_is_spread_by_prefill_backlog() -> None:
+    """Two idle engines scraped before a burst, g0 a little faster at decoding: each long
+    prompt sent is still in prefill when the next arrives, so the next one goes where less
+    prefill is pending. Without the backlog only the running count moves (one sequence more:
+    ~0.2% slower steps) and the whole burst piles onto g0."""
+    model, deps = gpus(2)
+    for d, tpot in zip(deps, (0.01, 0.02), strict=True):
+        scrape(d, running=0)
+        d.state.prefill_per_token.add(0.1, 1000)  # 0.1 ms a token: 0.5 s per prompt
+        d.state.tpot.add(tpot)
+    doc = request(prompt_tokens=5000)
+
+    def burst(backlog: bool) -> list[str]:
+        p = policy("auto", model)
+        chosen = []
+        for _ in range(4):
+            d = p.pick(deps, doc)
+            dispatch(d, doc)
+            if backlog:
+                d.state.prefill_backlog += 5000  # what the recorder does for a stream
+            chosen.append(d.id)
+        for d in deps:
+            d.state.in_flight = d.state.prefill_backlog = 0
+        return chosen
+
+    assert burst(backlog=False) == ["g0"] * 4
+    assert burst(backlog=True) == ["g0", "g1", "g0", "g1"]

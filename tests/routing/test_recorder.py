@@ -56,3 +56,48 @@ def test_ratio_ewma_is_the_ratio_of_the_averages() -> None:
     assert r.value == pytest.approx(0.2) and r.count == 2
     r.add(0.0, 0.0)  # 1 / 5
     assert r.value == pytest.approx(0.2)
+
+
+def stream_attempt(deployment: Deployment, prompt_tokens: int, stream: bool = True) -> Attempt:
+    ctx = RouteContext(
+        endpoint=Endpoint.CHAT, model="m", body={"stream": stream}, prompt_tokens=prompt_tokens
+    )
+    return Attempt(deployment, ctx, 1, 100.0)
+
+
+def test_prefill_backlog_counts_streams_until_their_first_token() -> None:
+    recorder = SignalRecorder()
+    d = make_deployment()
+    first, second, failed = (stream_attempt(d, n) for n in (5000, 300, 700))
+    unary = stream_attempt(d, 900, stream=False)  # its first byte is its whole reply
+    for a in (first, second, failed, unary):
+        recorder.on_dispatch(a)
+    assert d.state.prefill_backlog == 6000
+    assert (first.prefill_ahead, second.prefill_ahead, failed.prefill_ahead) == (0, 5000, 5300)
+    assert unary.prefill_ahead is None
+    first.first_byte_at = 101.0
+    recorder.on_first_byte(first)
+    assert d.state.prefill_backlog == 1000
+    recorder.on_finish(failed)  # ended without a first token
+    recorder.on_finish(unary)
+    assert d.state.prefill_backlog == 300
+    second.first_byte_at = 101.0
+    recorder.on_first_byte(second)
+    recorder.on_finish(second)
+    recorder.on_finish(first)
+    assert d.state.prefill_backlog == 0 and d.state.in_flight == 0
+
+
+def test_the_prefill_ahead_is_part_of_what_a_first_token_waited_for() -> None:
+    """Two 1,000-token prompts sent together to an engine prefilling at 0.1 ms a token: the
+    second's first token comes after 0.2 s, which is 2,000 tokens of prefill, not 1,000."""
+    recorder = SignalRecorder()
+    d = make_deployment()
+    a, b = stream_attempt(d, 1000), stream_attempt(d, 1000)
+    recorder.on_dispatch(a)
+    recorder.on_dispatch(b)
+    a.first_byte_at = 100.1
+    recorder.on_first_byte(a)
+    b.first_byte_at = 100.2
+    recorder.on_first_byte(b)
+    assert d.state.prefill_per_token.get(1.0) == pytest.approx(0.0001)
