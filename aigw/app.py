@@ -132,7 +132,12 @@ def create_app(
         scraper.start()
         deployments = list(router.deployments.values())
         metrics = GatewayMetrics(
-            deployments, policies, shared.admission.depth, loop.time, shared.redis
+            deployments,
+            policies,
+            shared.admission.depth,
+            loop.time,
+            shared.redis,
+            tasks=lambda: len(asyncio.all_tasks(loop)),
         )
         history = FleetHistory(deployments, loop.time)  # for /dashboard
         traced = [tracing] if tracing is not None else []

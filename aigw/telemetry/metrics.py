@@ -6,8 +6,8 @@ gateways in one process, as in the tests and the demo, keep their own numbers). 
 output token, tokens, queue wait, routing decisions) and a
 :class:`~aigw.telemetry.records.RequestObserver` (requests by status, request duration,
 rate-limit rejections, continuation failovers). Gauges (queue depth, deployment health and
-load, the engine signals of the last scrape, Redis) are read when Prometheus scrapes, by
-:class:`_StateCollector`, so the hot path never updates them.
+load, the engine signals of the last scrape, Redis, the event loop's task count) are read when
+Prometheus scrapes, by :class:`_StateCollector`, so the hot path never updates them.
 
 Label sets are bounded by the config: ``model`` is a configured public model name (requests
 that named none are counted under ``model=""``), ``deployment`` a configured id (``""`` when no
@@ -67,9 +67,12 @@ class GatewayMetrics:
         queue_depth: Callable[[str], int],
         clock: Callable[[], float],
         redis: Any | None = None,
+        tasks: Callable[[], int] | None = None,
     ) -> None:
         """``policies``: model name -> policy name; ``queue_depth``: a model's queue length;
-        ``redis``: the shared state's Redis health (``down``, ``errors``), None without one."""
+        ``redis``: the shared state's Redis health (``down``, ``errors``), None without one;
+        ``tasks``: how many asyncio tasks the serving loop holds (read at scrape time), None:
+        no ``aigw_asyncio_tasks`` gauge."""
         self.registry = CollectorRegistry(auto_describe=True)
         self._policies = dict(policies)
         r = self.registry
@@ -169,7 +172,7 @@ class GatewayMetrics:
                 registry=r,
             )
         )
-        self._state = _StateCollector(deployments, queue_depth, clock, redis)
+        self._state = _StateCollector(deployments, queue_depth, clock, redis, tasks)
         r.register(self._state)
 
     def set_fleet(self, deployments: Sequence[Deployment], policies: Mapping[str, str]) -> None:
@@ -248,7 +251,8 @@ class GatewayMetrics:
 
 
 class _StateCollector(Collector):
-    """Gauges read at scrape time from the deployments, the admission queue and Redis."""
+    """Gauges read at scrape time from the deployments, the admission queue, Redis and the
+    event loop's task count."""
 
     def __init__(
         self,
@@ -256,6 +260,7 @@ class _StateCollector(Collector):
         queue_depth: Callable[[str], int],
         clock: Callable[[], float],
         redis: Any | None,
+        tasks: Callable[[], int] | None = None,
     ) -> None:
         self._deployments: tuple[Deployment, ...] = ()
         self._models: list[str] = []
@@ -263,6 +268,7 @@ class _StateCollector(Collector):
         self._queue_depth = queue_depth
         self._clock = clock
         self._redis = redis
+        self._tasks = tasks
         self._capacity: dict[str, float] = {}  # last capacity estimate per deployment
         self.retries_exhausted: Callable[[], Mapping[str, int]] | None = None
         self.retries_before: dict[str, int] = {}  # refused by gateways a reload replaced
@@ -301,6 +307,13 @@ class _StateCollector(Collector):
             )
             errors.add_metric([], self._redis.errors)
             yield errors
+        if self._tasks is not None:
+            # A leak check (loadtests/soak.py): back to its idle count once the load stops.
+            tasks = GaugeMetricFamily(
+                "aigw_asyncio_tasks", "Tasks alive in the gateway's event loop, at scrape time."
+            )
+            tasks.add_metric([], self._tasks())
+            yield tasks
 
     def _queues(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(

@@ -129,6 +129,9 @@ def test_metrics_count_known_traffic(gateway: ThreadedServer) -> None:
     assert value(found, "aigw_deployment_in_flight", deployment="gpu-a") == 0
     assert value(found, "aigw_deployment_healthy", deployment="gpu-a") == 1
     assert value(found, "aigw_deployment_draining", deployment="gpu-a") == 0
+    # The serving loop's tasks: at least the one answering this scrape.
+    tasks = value(found, "aigw_asyncio_tasks")
+    assert tasks is not None and tasks >= 1
     assert value(found, "aigw_engine_metrics_stale", deployment="gpu-a") is not None
     assert value(found, "aigw_engine_metrics_stale", deployment="dead") is None  # no metrics_url
 
@@ -167,3 +170,36 @@ def test_retry_budget_exhaustion_is_read_at_scrape_and_survives_a_reload() -> No
     assert refused(metrics) == {"m": 3.0}
     metrics.watch_retries(lambda: {"m": 1, "n": 4})  # a reload's new gateway
     assert refused(metrics) == {"m": 4.0, "n": 4.0}
+
+
+async def test_asyncio_tasks_gauge_counts_the_loops_tasks_at_scrape_time() -> None:
+    import asyncio
+
+    from aigw.telemetry.metrics import GatewayMetrics
+
+    loop = asyncio.get_running_loop()
+    metrics = GatewayMetrics(
+        [], {}, lambda model: 0, lambda: 0.0, tasks=lambda: len(asyncio.all_tasks(loop))
+    )
+
+    def tasks() -> float:
+        text = metrics.render().decode()
+        found = [
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "aigw_asyncio_tasks"
+        ]
+        assert len(found) == 1, text
+        return found[0]
+
+    idle = tasks()
+    assert idle >= 1  # this test's own task
+    sleepers = [asyncio.create_task(asyncio.sleep(60)) for _ in range(5)]
+    assert tasks() == idle + 5
+    for sleeper in sleepers:
+        sleeper.cancel()
+    await asyncio.gather(*sleepers, return_exceptions=True)
+    assert tasks() == idle
+    without = GatewayMetrics([], {}, lambda model: 0, lambda: 0.0)
+    assert "aigw_asyncio_tasks" not in without.render().decode()
