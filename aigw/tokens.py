@@ -99,8 +99,10 @@ class TokenCounter:
     async def _loaded(self) -> None:
         """Wait for the local file being parsed (the first ~150 ms of the process only)."""
         task = self.load_task
-        if task is not None and not task.done():
-            await asyncio.shield(task)  # a request that goes away does not cancel the load
+        if task is not None:
+            if not task.done():
+                await asyncio.shield(task)  # a request that goes away does not cancel it
+            self.load_task = None  # loaded: later counts skip this call
 
     async def load_local(
         self,
