@@ -6,10 +6,15 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from aigw.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aigw.config import GatewayConfig
 
 __all__ = ["main"]
 
@@ -52,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, help="YAML config file")
     serve.add_argument("--host", help="overrides server.host")
     serve.add_argument("--port", type=int, help="overrides server.port")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="overrides server.workers: N gateway processes on one port (more than 1 needs "
+        "state.backend: redis)",
+    )
     serve.add_argument(
         "--access-log",
         action="store_true",
@@ -104,14 +116,42 @@ def _uvicorn_options() -> dict[str, object]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from aigw.configfile import load_config
+    from aigw.serving import bind
+
+    config = load_config(args.config)
+    workers = args.workers if args.workers is not None else config.server.workers
+    if workers < 1:
+        raise ConfigError([f"--workers: expected a whole number >= 1 (got {workers})"])
+    if workers > 1 and config.state.backend != "redis":
+        raise ConfigError(
+            [
+                f"{args.config}: state.backend: --workers {workers} needs 'redis' (got "
+                f"{config.state.backend!r}): each worker would keep its own queues, rate "
+                "limits and sessions"
+            ]
+        )
+    if workers == 1:
+        return _serve_one(args, config)
+    from aigw.workers import Supervisor
+
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    sock = bind(host, port)
+    return Supervisor(workers, sock, lambda s, _: _serve_one(args, config, s)).run()
+
+
+def _serve_one(
+    args: argparse.Namespace, config: GatewayConfig, sock: socket.socket | None = None
+) -> int:
+    """One gateway process: alone, or a worker serving ``sock`` under a supervisor."""
     import uvicorn
 
     from aigw.app import create_app
     from aigw.configfile import load_config
     from aigw.serving import GatewayServer, Lifecycle, gateway_protocol
 
-    config = load_config(args.config)
-    lifecycle = Lifecycle()
+    lifecycle = Lifecycle(supervisor=os.getppid() if sock is not None else None)
     options = uvicorn.Config(
         create_app(
             config,
@@ -129,7 +169,7 @@ def _serve(args: argparse.Namespace) -> int:
     server = GatewayServer(
         options, lifecycle, config.server.drain_seconds, config.server.shutdown_delay_s
     )
-    server.run()  # returns after a drain (SIGTERM/SIGINT): exit status 0
+    server.run(sockets=[sock] if sock is not None else None)  # returns after a drain
     return 0 if server.started else 1
 
 

@@ -50,6 +50,8 @@ class _Strict(BaseModel):
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    # Gateway processes on the port (aigw/workers.py); more than one needs state.backend: redis.
+    workers: int = Field(1, ge=1, le=256)
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     # A non-streamed upstream reply over this (counted after decompression) is a retryable 502.
     max_upstream_reply_bytes: int = Field(16 * 1024 * 1024, gt=0)
@@ -446,6 +448,11 @@ class GatewayConfig(_Strict):
         if self.metrics.require_admin_key and self.auth.admin_key is None:
             problems.append(
                 "metrics.require_admin_key: needs auth.admin_key (else /metrics is never open)"
+            )
+        if self.server.workers > 1 and self.state.backend != "redis":
+            problems.append(
+                f"server.workers: {self.server.workers} workers need state.backend: redis "
+                "(each worker would keep its own queues, rate limits and sessions)"
             )
         names = [m.name for m in self.models]
         seen: set[str] = set()

@@ -111,6 +111,13 @@ class MethodNotAllowedError(GatewayError):
     type = "invalid_request_error"
 
 
+class ConflictError(GatewayError):
+    """The request is valid but this gateway's current setup cannot carry it out."""
+
+    status = 409
+    type = "invalid_request_error"
+
+
 class PayloadTooLargeError(GatewayError):
     status = 413
     type = "invalid_request_error"

@@ -68,9 +68,12 @@ class Lifecycle:
     The server (signals) sets ``draining`` and calls :meth:`cut`; the app reads ``draining``
     (``/readyz``), registers each proxied request's task while it works (:meth:`track`), and
     sets ``reload`` in its lifespan (SIGHUP calls it). Everything runs on the event loop.
+    ``supervisor``: the supervisor's pid when this process is one of several workers
+    (:mod:`aigw.workers`), else None.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, supervisor: int | None = None) -> None:
+        self.supervisor = supervisor
         self.draining = False
         self.reload: Callable[[], Awaitable[None]] | None = None
         self._working: set[asyncio.Task[object]] = set()

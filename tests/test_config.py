@@ -104,6 +104,16 @@ def test_redis_backend_needs_url() -> None:
     assert "state: url is required when backend is redis" in problem
 
 
+def test_several_workers_need_redis_state() -> None:
+    raw = minimal()
+    raw["server"] = {"workers": 4}
+    [problem] = problems(raw)
+    assert problem.startswith("gw.yaml:")
+    assert "server.workers: 4 workers need state.backend: redis" in problem
+    raw["state"] = {"backend": "redis", "url": "redis://127.0.0.1:6390/0"}
+    assert parse_config(raw).server.workers == 4
+
+
 def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("models:\n  - name: [unclosed\n")

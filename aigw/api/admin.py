@@ -6,7 +6,7 @@ Behind ``auth.admin_key`` (``Authorization: Bearer <key>``); disabled (403) with
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -14,16 +14,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from aigw.api.routes import admin_state, error_response
+from aigw.api.state import AppState
 from aigw.errors import (
     ConfigError,
+    ConflictError,
     InvalidRequestError,
     NotFoundError,
     UnsupportedMediaTypeError,
 )
 from aigw.fleet.deployment import Deployment
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["list_deployments", "redact_url", "reload_config", "set_draining"]
 
@@ -139,6 +138,9 @@ async def set_draining(request: Request) -> Response:
     refused = _not_json(request)
     if refused is not None:
         return refused
+    refused = _one_of_workers(state, "drain or undrain")
+    if refused is not None:
+        return refused
     deployment = state.gateway.router.deployments.get(request.path_params["deployment"])
     action = request.path_params["action"]
     if deployment is None or action not in ("drain", "undrain"):
@@ -146,6 +148,21 @@ async def set_draining(request: Request) -> Response:
     deployment.state.draining = action == "drain"
     now = asyncio.get_running_loop().time()
     return Response(orjson.dumps(describe(deployment, now)), media_type="application/json")
+
+
+def _one_of_workers(state: AppState, action: str, instead: str = "") -> Response | None:
+    """409 when this process is one of several workers: a change made here would reach only
+    the worker that happened to answer."""
+    supervisor = state.lifecycle.supervisor
+    if supervisor is None:
+        return None
+    return error_response(
+        ConflictError(
+            f"This gateway runs several worker processes (supervisor pid {supervisor}): a "
+            f"{action} through the admin API would reach only the worker that answered.{instead}",
+            code="several_workers",
+        )
+    )
 
 
 async def reload_config(request: Request) -> Response:
@@ -158,6 +175,13 @@ async def reload_config(request: Request) -> Response:
     if isinstance(state, Response):
         return state
     refused = _not_json(request)
+    if refused is not None:
+        return refused
+    refused = _one_of_workers(
+        state,
+        "reload",
+        " Send SIGHUP to the supervisor instead: every worker reloads and logs the outcome.",
+    )
     if refused is not None:
         return refused
     if state.reload is None:

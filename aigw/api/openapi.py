@@ -137,6 +137,10 @@ _RESPONSES: dict[str, Json] = {
     "UnsupportedMediaType": _error(
         "An admin POST without `Content-Type: application/json` (`unsupported_media_type`)."
     ),
+    "Conflict": _error(
+        "This gateway runs several worker processes (`aigw serve --workers N`), and the change "
+        "would reach only the worker that answered (`several_workers`)."
+    ),
     "TooManyRequests": _error(
         "A quota or queue refused the request: `rate_limit_exceeded`, `queue_full`, "
         "`queue_timeout`, `max_parallel_exceeded`, `upstream_quota_exhausted`, or the "
@@ -168,6 +172,7 @@ _STATUS_RESPONSES = {
     "403": "Forbidden",
     "404": "NotFound",
     "413": "PayloadTooLarge",
+    "409": "Conflict",
     "415": "UnsupportedMediaType",
     "429": "TooManyRequests",
     "500": "InternalError",
@@ -432,7 +437,7 @@ def _paths() -> Json:
                 "200": _ok(
                     "The deployment, after the change.", _json_content(_schema("Deployment"))
                 ),
-                **_errors("404", "415"),
+                **_errors("404", "409", "415"),
                 **admin,
             },
         }
@@ -451,7 +456,7 @@ def _paths() -> Json:
             "requestBody": {"required": False, "content": _json_content({})},
             "responses": {
                 "200": _ok("What changed.", _json_content(_schema("Reloaded"))),
-                **_errors("400", "415"),
+                **_errors("400", "409", "415"),
                 **admin,
             },
         }

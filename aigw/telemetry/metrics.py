@@ -21,6 +21,7 @@ values, so an update is a dict hit plus prometheus_client's own ``inc``/``observ
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -174,6 +175,7 @@ class GatewayMetrics:
         )
         self._state = _StateCollector(deployments, queue_depth, clock, redis, tasks)
         r.register(self._state)
+        self._exposed = _exposed(r, self._state)
 
     def set_fleet(self, deployments: Sequence[Deployment], policies: Mapping[str, str]) -> None:
         """After a config reload: the gauges read these deployments, labels use these
@@ -194,7 +196,7 @@ class GatewayMetrics:
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
 
     # --- RequestObserver -------------------------------------------------------------------
 
@@ -248,6 +250,21 @@ class GatewayMetrics:
     def on_finish(self, attempt: Attempt) -> None:
         if attempt.abandoned:
             self._attempts(attempt.deployment.id, "abandoned").inc()
+
+
+def _exposed(registry: CollectorRegistry, state: Collector) -> CollectorRegistry:
+    """What ``/metrics`` shows: ``registry``, or under ``aigw serve --workers N``
+    (prometheus_client's multiprocess mode, :mod:`aigw.workers`) every worker's counters and
+    histograms summed, with this worker's scrape-time readings (``state``)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return registry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    exposed = CollectorRegistry()
+    MultiProcessCollector(exposed, directory)  # type: ignore[no-untyped-call]
+    exposed.register(state)
+    return exposed
 
 
 class _StateCollector(Collector):
