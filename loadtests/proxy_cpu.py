@@ -167,10 +167,12 @@ def measure(
     server: str,
     stream: bool | None = None,
     connections: int | None = None,
+    workers: int = 1,
 ) -> Measured:
     """One measured wrk run through ``server``: "aigw", "bare" (the reference proxy) or
     "direct" (wrk straight to the upstream: the latency floor). ``stream`` and
-    ``connections`` default to the command line's."""
+    ``connections`` default to the command line's; ``workers``: ``aigw serve --workers``
+    (every worker pinned to the gateway's core: the CPU of the whole process tree counts)."""
     stream = args.stream if stream is None else stream
     connections = args.connections if connections is None else connections
     upstream_port, gateway_port = free_port(), free_port()
@@ -213,6 +215,7 @@ def measure(
                     args.python,
                     *("-m", "aigw", "--log-level", "warning", "serve"),
                     *("--config", str(config), "--port", str(gateway_port)),
+                    *(("--workers", str(workers)) if workers > 1 else ()),
                 ]
             if command:
                 gateway = subprocess.Popen(
@@ -240,7 +243,7 @@ def measure(
                     stderr=subprocess.DEVNULL,
                 )
                 processes.append(spy)
-            redis_pid = _redis_pid(args.redis) if args.redis else None
+            redis_pid = _redis_pid(args.redis) if args.redis and server == "aigw" else None
             before = tree_cpu_seconds(gateway.pid)
             redis_before = tree_cpu_seconds(redis_pid) if redis_pid else 0.0
             requests, bad, socket_errors, latency = run_wrk(url, script, args.seconds, connections)
@@ -287,6 +290,14 @@ def main() -> int:
         "--redis", metavar="URL", help="state.backend: redis at URL (e.g. redis://127.0.0.1:6379/9)"
     )
     parser.add_argument(
+        "--workers",
+        type=_counts,
+        default=[1],
+        metavar="N[,N...]",
+        help="aigw serve --workers N (needs --redis); a list (1,2) measures each, interleaved "
+        "with --vs-bare",
+    )
+    parser.add_argument(
         "--python", default=sys.executable, help="interpreter of the gateway (another install)"
     )
     parser.add_argument(
@@ -317,22 +328,51 @@ def main() -> int:
     mode += ", features on" if args.features else ""
     mode += f", redis state at {args.redis}" if args.redis else ", memory state"
     print(f"mode: {mode}, {args.connections} connections, {args.seconds} s per run")
+    if any(n > 1 for n in args.workers) and not args.redis:
+        parser.error("--workers above 1 needs --redis (aigw refuses several workers otherwise)")
     if args.vs_bare:
-        runs: dict[str, list[Measured]] = {"aigw": [], "bare": []}
-        for _ in range(args.vs_bare):
-            for server in ("aigw", "bare"):
-                result = measure(args, server)
-                runs[server].append(result)
-                _report(result, args)
-        medians = {k: statistics.median(r.cpu_us for r in v) for k, v in runs.items()}
-        print(
-            f"median CPU-us per request: aigw {medians['aigw']:.0f}, bare {medians['bare']:.0f}"
-            f" -> aigw / bare = {medians['aigw'] / medians['bare']:.2f}"
-        )
-        return 0 if all(r.bad == 0 for v in runs.values() for r in v) else 1
-    result = measure(args, "aigw")
+        return vs_bare(args)
+    result = measure(args, "aigw", workers=args.workers[0])
     _report(result, args)
     return 0 if result.bad == 0 else 1
+
+
+def vs_bare(args: argparse.Namespace) -> int:
+    """aigw (at each worker count) and the bare proxy, ``args.vs_bare`` interleaved rounds."""
+    names = {n: "aigw" if args.workers == [1] else f"aigw x{n}" for n in args.workers}
+    runs: dict[str, list[Measured]] = {name: [] for name in [*names.values(), "bare"]}
+    for _ in range(args.vs_bare):
+        for workers, name in names.items():
+            result = measure(args, "aigw", workers=workers)
+            runs[name].append(result)
+            _report(result, args, name)
+        result = measure(args, "bare")
+        runs["bare"].append(result)
+        _report(result, args)
+    medians = {k: statistics.median(r.cpu_us for r in v) for k, v in runs.items()}
+    bare = medians["bare"]
+    for name in names.values():
+        redis = statistics.median(r.redis_cpu_us for r in runs[name])
+        print(
+            f"median CPU-us per request: {name} {medians[name]:.0f}, bare {bare:.0f}"
+            f" -> {name} / bare = {medians[name] / bare:.2f}"
+            + (f" (+ redis-server {redis:.0f})" if args.redis else "")
+        )
+    if len(names) > 1:
+        first = medians[names[args.workers[0]]]
+        for name in list(names.values())[1:]:
+            print(f"{name} / {names[args.workers[0]]} = {medians[name] / first:.3f}")
+    return 0 if all(r.bad == 0 for v in runs.values() for r in v) else 1
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N,N,... (got {text!r})") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"worker counts must be >= 1 (got {text!r})")
+    return counts
 
 
 def overhead_table(args: argparse.Namespace) -> int:
@@ -392,10 +432,10 @@ def table_markdown(runs: dict[tuple[bool, int, str], list[Measured]]) -> str:
     return "\n".join(lines)
 
 
-def _report(result: Measured, args: argparse.Namespace) -> None:
+def _report(result: Measured, args: argparse.Namespace, name: str | None = None) -> None:
     rate = result.requests / args.seconds
     print(
-        f"{result.server}: {result.requests} requests ({rate:.0f}/s), non-2xx {result.bad}"
+        f"{name or result.server}: {result.requests} requests ({rate:.0f}/s), non-2xx {result.bad}"
         f" {result.socket_errors} -> {result.cpu_us:.0f} CPU-us per request"
         + (f" (+ redis-server {result.redis_cpu_us:.0f})" if args.redis else "")
     )

@@ -16,17 +16,30 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from aigw.config import StateConfig
 from aigw.state.base import StateUnavailableError
+from aigw.state.multiplex import Multiplexer, encode_command, multiplexer_for
 
-__all__ = ["Script", "connect", "lua_source", "ping"]
+__all__ = ["Script", "StateRedis", "connect", "lua_source", "ping"]
 
 Arg = str | int | float
 
 
-def connect(config: StateConfig, *, max_connections: int = 128) -> Redis:
+class StateRedis(Redis):
+    """redis-py's client, with the :class:`~aigw.state.multiplex.Multiplexer` that carries
+    the hot path's script calls (None over TLS: they go through redis-py then)."""
+
+    scripts: Multiplexer | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        if self.scripts is not None:
+            await self.scripts.aclose()
+        await super().aclose(close_connection_pool)
+
+
+def connect(config: StateConfig, *, max_connections: int = 128) -> StateRedis:
     """A client for ``config.url``; it connects on first use (so Redis may be down now).
 
     At most ``max_connections`` connections (one is the grant listener's); a call that finds
@@ -43,7 +56,11 @@ def connect(config: StateConfig, *, max_connections: int = 128) -> Redis:
         retry=Retry(NoBackoff(), 0),
         decode_responses=True,
     )
-    client: Redis = Redis.from_pool(pool)  # closing the client closes the pool
+    client = StateRedis.from_pool(pool)  # closing the client closes the pool
+    assert isinstance(client, StateRedis)
+    client.scripts = multiplexer_for(
+        pool.connection_class, pool.connection_kwargs, config.timeout_s
+    )
     return client
 
 
@@ -63,20 +80,35 @@ class Script:
     def __init__(self, redis: Redis, source: str, timeout_s: float) -> None:
         self._redis = redis
         self._script = redis.register_script(source)
+        self._load = encode_command(("SCRIPT", "LOAD", source))
         self._timeout_s = timeout_s
+        self._calls = redis.scripts if isinstance(redis, StateRedis) else None
 
     async def load(self) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._redis.script_load(self._script.script)
+                if self._calls is not None:
+                    await self._calls.call(self._load)
+                else:
+                    await self._redis.script_load(self._script.script)
         except (RedisError, OSError) as exc:  # OSError covers refused, reset, timed out
             raise _unavailable(exc) from exc
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        calls = self._calls
         try:
             async with asyncio.timeout(self._timeout_s):
-                return await self._script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
+                if calls is None:
+                    return await self._script(keys=keys, args=args)
+                command = encode_command(("EVALSHA", self._script.sha, len(keys), *keys, *args))
+                try:
+                    return await calls.call(command)
+                except NoScriptError:  # Redis restarted empty (or flushed its scripts)
+                    await calls.call(self._load)
+                    return await calls.call(command)
+        except (RedisError, OSError) as exc:  # ConnectionError is an OSError
+            if calls is not None and isinstance(exc, TimeoutError):
+                calls.reset()
             raise _unavailable(exc) from exc
 
 
