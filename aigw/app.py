@@ -40,7 +40,7 @@ from aigw.routing.scraper import MetricsScraper
 from aigw.serving import Lifecycle
 from aigw.state import SharedState, open_state
 from aigw.telemetry.logs import AccessLog
-from aigw.telemetry.metrics import GatewayMetrics
+from aigw.telemetry.metrics import SYNC_S, GatewayMetrics
 from aigw.telemetry.otel_env import traces_exporter
 from aigw.telemetry.records import RequestObservers
 from aigw.tokens import load_counter_async
@@ -139,6 +139,7 @@ def create_app(
             shared.redis,
             tasks=lambda: len(asyncio.all_tasks(loop)),
         )
+        syncing = _sync_every(metrics) if metrics.shared else None  # several workers
         history = FleetHistory(deployments, loop.time)  # for /dashboard
         traced = [tracing] if tracing is not None else []
 
@@ -186,6 +187,8 @@ def create_app(
             yield
         finally:
             lifecycle.reload = None
+            if syncing is not None:
+                syncing.cancel()
             await reloader.scraper.stop()
             if reloader.monitor is not None:
                 await reloader.monitor.stop()
@@ -252,6 +255,15 @@ class GatewayApp(Starlette):
                 await endpoint(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+
+def _sync_every(metrics: GatewayMetrics) -> asyncio.Task[None]:
+    async def sync() -> None:
+        while True:
+            await asyncio.sleep(SYNC_S)
+            metrics.sync()
+
+    return asyncio.ensure_future(sync())
 
 
 def _tracing(

@@ -15,10 +15,12 @@ Only ``EVALSHA``/``SCRIPT LOAD`` go through here; everything else (pub/sub, heal
 reads for the dashboard) stays on redis-py. TLS (``rediss://``) stays on redis-py entirely:
 :func:`multiplexer_for` returns None for it.
 
-Failure semantics, as with redis-py: a call that does not get its reply within the caller's
-timeout, or whose connection breaks, fails (the caller raises ``StateUnavailableError``);
-the connection is closed then (every call still waiting on it fails at once: Redis is
-treated as down, as the resilient wrappers do), and the next call connects again.
+Failure semantics, as with redis-py: a call that does not get its reply within
+``state.timeout_s``, or whose connection breaks, fails (the caller raises
+``StateUnavailableError``). One timer per connection, not one per call, watches the oldest
+call waiting (replies come in order: when it is late, Redis is not answering); it then closes
+the connection, every call still waiting on it fails at once (Redis is treated as down, as
+the resilient wrappers do), and the next call connects again.
 """
 
 from __future__ import annotations
@@ -100,24 +102,21 @@ class Multiplexer:
         self._connecting: asyncio.Task[_Replies] | None = None
 
     async def call(self, command: bytes) -> Any:
-        """Send one encoded command and wait for its reply. Raises ``ConnectionError`` or
-        ``OSError`` (no connection), ``ResponseError`` (Redis answered with an error). The
-        caller bounds the wait; on a timeout it calls :meth:`reset`."""
+        """Send one encoded command and wait for its reply, at most ``timeout_s`` (plus as
+        long again to connect first). Raises ``TimeoutError``, ``ConnectionError`` or
+        ``OSError`` (no connection, no answer), ``ResponseError`` (Redis answered with an
+        error)."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
         return await protocol.send(command)
 
-    def reset(self) -> None:
-        """Close the connection (after a timeout): every waiting call fails now."""
-        if self._protocol is not None:
-            self._protocol.close()
-            self._protocol = None
-
     async def aclose(self) -> None:
         if self._connecting is not None:
             self._connecting.cancel()
-        self.reset()
+        if self._protocol is not None:
+            self._protocol.close()
+            self._protocol = None
 
     async def _connect(self) -> _Replies:
         # One connection attempt at a time; the calls that arrive meanwhile wait for it.
@@ -132,12 +131,16 @@ class Multiplexer:
 
     async def _open(self) -> _Replies:
         loop = asyncio.get_running_loop()
+
+        def replies() -> _Replies:
+            return _Replies(self._timeout_s)
+
         async with asyncio.timeout(self._timeout_s):
             if len(self._address) == 1:
-                _, protocol = await loop.create_unix_connection(_Replies, self._address[0])
+                _, protocol = await loop.create_unix_connection(replies, self._address[0])
             else:
                 host, port = self._address
-                _, protocol = await loop.create_connection(_Replies, host, int(port))
+                _, protocol = await loop.create_connection(replies, host, int(port))
             try:
                 for hello in self._hello:
                     await protocol.send(hello)  # AUTH, SELECT: an error reply raises
@@ -151,10 +154,14 @@ class Multiplexer:
 class _Replies(asyncio.Protocol):
     """One connection: commands written as they come, replies matched to them in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
         self._reader = hiredis.Reader(encoding="utf-8", notEnoughData=_INCOMPLETE)
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._deadlines: collections.deque[float] = collections.deque()  # one per waiting
+        self._watch: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
+        self._unsent: list[bytes] = []  # written together at the end of this loop iteration
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -163,10 +170,34 @@ class _Replies(asyncio.Protocol):
     def send(self, command: bytes) -> asyncio.Future[Any]:
         if self.closed or self._transport is None:
             raise ConnectionError("redis connection closed")
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        deadline = loop.time() + self._timeout_s
         self._waiting.append(future)
-        self._transport.write(command)
+        self._deadlines.append(deadline)
+        if self._watch is None:
+            self._watch = loop.call_at(deadline, self._check)
+        if not self._unsent:
+            loop.call_soon(self._flush)
+        self._unsent.append(command)
         return future
+
+    def _check(self) -> None:
+        """The watchdog: fail everything when the oldest call is past its deadline."""
+        self._watch = None
+        if not self._deadlines:
+            return
+        oldest = self._deadlines[0]
+        loop = asyncio.get_running_loop()
+        if loop.time() >= oldest:
+            self._fail(TimeoutError("redis did not answer in time"))
+        else:
+            self._watch = loop.call_at(oldest, self._check)
+
+    def _flush(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        if self._transport is not None and not self.closed:
+            self._transport.write(b"".join(unsent))
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -183,6 +214,7 @@ class _Replies(asyncio.Protocol):
                 self._fail(ConnectionError("redis sent an unexpected reply"))
                 return
             future = waiting.popleft()
+            self._deadlines.popleft()
             if future.done():  # its caller gave up (timeout, cancelled)
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -200,6 +232,10 @@ class _Replies(asyncio.Protocol):
 
     def _fail(self, error: Exception) -> None:
         self.closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self._deadlines.clear()
         waiting, self._waiting = self._waiting, collections.deque()
         for future in waiting:
             if not future.done():

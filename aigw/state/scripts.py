@@ -86,29 +86,28 @@ class Script:
 
     async def load(self) -> None:
         try:
+            if self._calls is not None:
+                await self._calls.call(self._load)
+                return
             async with asyncio.timeout(self._timeout_s):
-                if self._calls is not None:
-                    await self._calls.call(self._load)
-                else:
-                    await self._redis.script_load(self._script.script)
+                await self._redis.script_load(self._script.script)
         except (RedisError, OSError) as exc:  # OSError covers refused, reset, timed out
             raise _unavailable(exc) from exc
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         calls = self._calls
         try:
-            async with asyncio.timeout(self._timeout_s):
-                if calls is None:
+            if calls is None:
+                async with asyncio.timeout(self._timeout_s):
                     return await self._script(keys=keys, args=args)
-                command = encode_command(("EVALSHA", self._script.sha, len(keys), *keys, *args))
-                try:
-                    return await calls.call(command)
-                except NoScriptError:  # Redis restarted empty (or flushed its scripts)
-                    await calls.call(self._load)
-                    return await calls.call(command)
-        except (RedisError, OSError) as exc:  # ConnectionError is an OSError
-            if calls is not None and isinstance(exc, TimeoutError):
-                calls.reset()
+            # The multiplexer bounds its own waits (one timer per connection, not per call).
+            command = encode_command(("EVALSHA", self._script.sha, len(keys), *keys, *args))
+            try:
+                return await calls.call(command)
+            except NoScriptError:  # Redis restarted empty (or flushed its scripts)
+                await calls.call(self._load)
+                return await calls.call(command)
+        except (RedisError, OSError) as exc:  # ConnectionError and TimeoutError are OSErrors
             raise _unavailable(exc) from exc
 
 

@@ -34,7 +34,7 @@ from aigw.fleet.attempt import Attempt
 from aigw.fleet.deployment import Deployment
 from aigw.telemetry.records import RequestRecord
 
-__all__ = ["GatewayMetrics"]
+__all__ = ["SYNC_S", "GatewayMetrics"]
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -52,6 +52,8 @@ class _Children:
         self._cache: dict[tuple[str, ...], Any] = {}
 
     def __call__(self, *values: str) -> Any:
+        if not values:
+            return self._metric  # an unlabelled metric is its own child
         child = self._cache.get(values)
         if child is None:
             child = self._cache[values] = self._metric.labels(*values)
@@ -176,6 +178,31 @@ class GatewayMetrics:
         self._state = _StateCollector(deployments, queue_depth, clock, redis, tasks)
         r.register(self._state)
         self._exposed = _exposed(r, self._state)
+        # Under several workers, the process counters go through prometheus_client's shared
+        # files too (synced every SYNC_S and at each scrape), so that every worker's count is
+        # in the sum whichever worker answers.
+        self._synced: dict[str, tuple[_Children, dict[tuple[str, ...], float]]] = {}
+        if self._exposed is not r:
+            self._state.counters_elsewhere = True
+            for name, documentation, labels, _ in self._state.process_counters():
+                counter = Counter(name, documentation, labels, registry=r)
+                self._synced[name] = (_Children(counter), {})
+
+    @property
+    def shared(self) -> bool:
+        """Whether these metrics are summed over several worker processes (then call
+        :meth:`sync` every :data:`SYNC_S`)."""
+        return bool(self._synced)
+
+    def sync(self) -> None:
+        """Add what the process counters gained since the last sync to the shared ones."""
+        for name, _, _, values in self._state.process_counters():
+            children, last = self._synced[name]
+            for label_values, value in values.items():
+                gained = value - last.get(label_values, 0)
+                if gained > 0:
+                    children(*label_values).inc(gained)
+                    last[label_values] = value
 
     def set_fleet(self, deployments: Sequence[Deployment], policies: Mapping[str, str]) -> None:
         """After a config reload: the gauges read these deployments, labels use these
@@ -196,6 +223,8 @@ class GatewayMetrics:
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
+        if self._synced:
+            self.sync()
         return generate_latest(self._exposed)
 
     # --- RequestObserver -------------------------------------------------------------------
@@ -267,6 +296,10 @@ def _exposed(registry: CollectorRegistry, state: Collector) -> CollectorRegistry
     return exposed
 
 
+_CounterReading = tuple[str, str, list[str], dict[tuple[str, ...], float]]
+SYNC_S = 5.0  # under several workers: how stale another worker's process counters may be
+
+
 class _StateCollector(Collector):
     """Gauges read at scrape time from the deployments, the admission queue, Redis and the
     event loop's task count."""
@@ -289,6 +322,39 @@ class _StateCollector(Collector):
         self._capacity: dict[str, float] = {}  # last capacity estimate per deployment
         self.retries_exhausted: Callable[[], Mapping[str, int]] | None = None
         self.retries_before: dict[str, int] = {}  # refused by gateways a reload replaced
+        # True under several workers: GatewayMetrics keeps the process counters in shared
+        # Counters (synced from process_counters) instead.
+        self.counters_elsewhere = False
+
+    def process_counters(self) -> Iterator[_CounterReading]:
+        """Counters this process keeps elsewhere (the health monitor, the retry budget, the
+        Redis wrapper), read now: (name, help, label names, {label values: count})."""
+        refused: dict[tuple[str, ...], float] = {}
+        if self.retries_exhausted is not None:
+            counts = dict(self.retries_before)
+            for model, count in self.retries_exhausted().items():
+                counts[model] = counts.get(model, 0) + count
+            refused = {(model,): count for model, count in sorted(counts.items())}
+        yield (
+            "aigw_retry_budget_exhausted",
+            "Retries not made because the model's retry budget was spent (the request "
+            "failed with its last error instead).",
+            ["model"],
+            refused,
+        )
+        yield (
+            "aigw_deployment_ejections",
+            "Times outlier detection ejected the deployment.",
+            ["deployment"],
+            {(d.id,): d.state.ejected_total for d in self._deployments},
+        )
+        if self._redis is not None:
+            yield (
+                "aigw_redis_errors",
+                "Redis calls that failed (requests and recovery probes).",
+                [],
+                {(): self._redis.errors},
+            )
 
     def set_fleet(self, deployments: Sequence[Deployment]) -> None:
         self._deployments = tuple(deployments)
@@ -302,28 +368,16 @@ class _StateCollector(Collector):
         yield from self._saturation()
         yield from self._fleet()
         yield from self._engines()
-        if self.retries_exhausted is not None:
-            refused = CounterMetricFamily(
-                "aigw_retry_budget_exhausted",
-                "Retries not made because the model's retry budget was spent (the request "
-                "failed with its last error instead).",
-                labels=["model"],
-            )
-            counts = dict(self.retries_before)
-            for model, count in self.retries_exhausted().items():
-                counts[model] = counts.get(model, 0) + count
-            for model, count in sorted(counts.items()):
-                refused.add_metric([model], count)
-            yield refused
+        if not self.counters_elsewhere:
+            for name, documentation, labels, values in self.process_counters():
+                family = CounterMetricFamily(name, documentation, labels=labels)
+                for label_values, value in values.items():
+                    family.add_metric(list(label_values), value)
+                yield family
         if self._redis is not None:
             up = GaugeMetricFamily("aigw_redis_up", "Whether the shared Redis is reachable.")
             up.add_metric([], 0.0 if self._redis.down else 1.0)
             yield up
-            errors = CounterMetricFamily(
-                "aigw_redis_errors", "Redis calls that failed (requests and recovery probes)."
-            )
-            errors.add_metric([], self._redis.errors)
-            yield errors
         if self._tasks is not None:
             # A leak check (loadtests/soak.py): back to its idle count once the load stops.
             tasks = GaugeMetricFamily(
@@ -407,11 +461,6 @@ class _StateCollector(Collector):
             "Requests this gateway has in flight to the deployment.",
             labels=["deployment"],
         )
-        ejections = CounterMetricFamily(
-            "aigw_deployment_ejections",
-            "Times outlier detection ejected the deployment.",
-            labels=["deployment"],
-        )
         probe_up = GaugeMetricFamily(
             "aigw_deployment_probe_up",
             "The active health probe's verdict, 1 up or 0 down (probed deployments only).",
@@ -427,11 +476,10 @@ class _StateCollector(Collector):
             healthy.add_metric([d.id], 1.0 if state.ejected_until <= now else 0.0)
             draining.add_metric([d.id], 1.0 if state.draining else 0.0)
             in_flight.add_metric([d.id], state.in_flight)
-            ejections.add_metric([d.id], state.ejected_total)
             if state.probe_up is not None:
                 probe_up.add_metric([d.id], 1.0 if state.probe_up else 0.0)
             demotion.add_metric([d.id], state.demotion)
-        yield from (healthy, draining, in_flight, ejections, probe_up, demotion)
+        yield from (healthy, draining, in_flight, probe_up, demotion)
 
     def _engines(self) -> Iterator[Metric]:
         now = self._clock()

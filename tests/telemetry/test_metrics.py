@@ -203,3 +203,46 @@ async def test_asyncio_tasks_gauge_counts_the_loops_tasks_at_scrape_time() -> No
     assert tasks() == idle
     without = GatewayMetrics([], {}, lambda model: 0, lambda: 0.0)
     assert "aigw_asyncio_tasks" not in without.render().decode()
+
+
+def test_under_workers_process_counters_sum_every_worker(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers (prometheus_client keys its files by pid: two pids here), each with its
+    own Redis error count and retry refusals; either one's /metrics shows both summed."""
+    from types import SimpleNamespace
+
+    from prometheus_client import values
+
+    from aigw.telemetry.metrics import GatewayMetrics
+
+    worker = {"pid": 1001}
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: worker["pid"]))
+
+    def errors_and_refused(metrics: GatewayMetrics) -> tuple[float, float]:
+        found = {
+            s.name: s.value
+            for family in text_string_to_metric_families(metrics.render().decode())
+            for s in family.samples
+        }
+        return found["aigw_redis_errors_total"], found["aigw_retry_budget_exhausted_total"]
+
+    redis = [SimpleNamespace(down=False, errors=3), SimpleNamespace(down=False, errors=4)]
+    workers = []
+    for pid, health in zip((1001, 1002), redis, strict=True):
+        worker["pid"] = pid
+        metrics = GatewayMetrics([], {}, lambda model: 0, lambda: 0.0, health)
+        assert metrics.shared
+        metrics.watch_retries(lambda: {"m": 1})
+        metrics.sync()
+        workers.append(metrics)
+    worker["pid"] = 1001
+    assert errors_and_refused(workers[0]) == (7.0, 2.0)
+    redis[1].errors = 10  # worker 2 syncs (its timer, or a scrape it answers)...
+    worker["pid"] = 1002
+    workers[1].sync()
+    worker["pid"] = 1001
+    assert errors_and_refused(workers[0]) == (13.0, 2.0)  # ...and worker 1 shows it
+    worker["pid"] = 1002
+    assert errors_and_refused(workers[1]) == (13.0, 2.0)
