@@ -39,6 +39,9 @@ class Attempt:
     # waiting for their first token when this one was sent (the prefill ahead of it), or
     # None when this attempt is not counted in the backlog (a non-streamed request).
     prefill_ahead: int | None = None
+    # The prompt tokens the engine is expected to prefill: those beyond the leading share of
+    # the prompt's prefix this gateway already sent to the deployment (its cache holds it).
+    prefill_tokens: int = 0
     first_byte_at: float | None = None
     last_byte_at: float | None = None
     relayed_events: int = 0

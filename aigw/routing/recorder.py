@@ -24,22 +24,30 @@ class SignalRecorder:
         state.requests += 1
         state.dispatched += 1
         ctx = attempt.ctx
-        if ctx.prefix_blocks:
-            state.prefixes.add(ctx.prefix_blocks)
+        blocks = ctx.prefix_blocks
+        tokens = ctx.prompt_tokens
+        if blocks:
+            # A cached prefix is not prefilled again: the backlog and the learnt prefill cost
+            # per token count the uncached tokens only, as the TTFT prediction does. Counting
+            # whole prompts made the engine holding a conversation look busier (and cheaper
+            # per token) the more cache hits it took, and pushed the next turns elsewhere.
+            tokens -= tokens * state.prefixes.matched(blocks) // len(blocks)
+            state.prefixes.add(blocks)
+        attempt.prefill_tokens = tokens
         if ctx.body.get("stream"):  # only a stream's first token tells when prefill ended
             attempt.prefill_ahead = state.prefill_backlog
-            state.prefill_backlog += ctx.prompt_tokens
+            state.prefill_backlog += tokens
 
     def on_first_byte(self, attempt: Attempt) -> None:
         assert attempt.first_byte_at is not None
         state = attempt.deployment.state
         seconds = attempt.first_byte_at - attempt.started_at
         state.observe_first_byte(seconds, attempt.first_byte_at)
-        prompt_tokens = attempt.ctx.prompt_tokens
+        prompt_tokens = attempt.prefill_tokens
         ahead = attempt.prefill_ahead
         if ahead is not None:
             state.prefill_backlog -= prompt_tokens
-        if not attempt.engine_queued and prompt_tokens > 0:
+        if not attempt.engine_queued and prompt_tokens + (ahead or 0) > 0:
             # The first token costs one engine step (about one TPOT) beyond the prefill: taken
             # out, so that short prompts do not make every token look expensive; and the
             # engine prefilled what was sent before it first.
@@ -71,4 +79,4 @@ class SignalRecorder:
         state = attempt.deployment.state
         state.in_flight -= 1
         if attempt.prefill_ahead is not None and attempt.first_byte_at is None:
-            state.prefill_backlog -= attempt.ctx.prompt_tokens  # failed before its first token
+            state.prefill_backlog -= attempt.prefill_tokens  # failed before its first token

@@ -101,3 +101,37 @@ def test_the_prefill_ahead_is_part_of_what_a_first_token_waited_for() -> None:
     b.first_byte_at = 100.2
     recorder.on_first_byte(b)
     assert d.state.prefill_per_token.get(1.0) == pytest.approx(0.0001)
+
+
+def test_a_prefix_already_sent_there_is_not_counted_as_prefill() -> None:
+    """The second turn of a conversation re-sends the first turn's prompt (4 of its 5 prefix
+    blocks), which the engine has cached: only the last fifth is prefill, in the backlog and
+    in the learnt cost per token (an engine prefilling at 0.1 ms a token)."""
+    recorder = SignalRecorder()
+    d = make_deployment()
+    d.state.tpot.add(0.02)
+
+    def turn(blocks: tuple[int, ...], tokens: int) -> Attempt:
+        ctx = RouteContext(
+            endpoint=Endpoint.CHAT,
+            model="m",
+            body={"stream": True},
+            prompt_tokens=tokens,
+            prefix_blocks=blocks,
+        )
+        return Attempt(d, ctx, 1, 100.0)
+
+    first = turn((1, 2, 3, 4), 400)
+    recorder.on_dispatch(first)
+    assert d.state.prefill_backlog == 400  # nothing of it sent there before
+    first.first_byte_at = 100.0 + 0.02 + 400 * 0.0001
+    recorder.on_first_byte(first)
+    recorder.on_finish(first)
+    second = turn((1, 2, 3, 4, 5), 500)
+    recorder.on_dispatch(second)
+    assert d.state.prefill_backlog == 100 and second.prefill_tokens == 100
+    second.first_byte_at = 100.0 + 0.02 + 100 * 0.0001
+    recorder.on_first_byte(second)
+    recorder.on_finish(second)
+    assert d.state.prefill_backlog == 0
+    assert d.state.prefill_per_token.get(1.0) == pytest.approx(0.0001)
