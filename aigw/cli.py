@@ -137,7 +137,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    sock = bind(host, port)
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise ConfigError([f"cannot listen on {host}:{port}: {exc.strerror or exc}"]) from None
     return Supervisor(workers, sock, lambda s, _: _serve_one(args, config, s)).run()
 
 

@@ -9,9 +9,11 @@ and what cannot work across workers is refused with a clear error.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -208,4 +210,18 @@ def test_memory_state_refuses_several_workers(
     assert gw.proc.popen.wait(20) == 1
     log = gw.proc.log_text()
     assert "memory.yaml: state.backend: --workers 2 needs 'redis'" in log, log
+    assert "Traceback" not in log
+
+
+def test_a_port_in_use_is_a_clear_error(
+    setup: tuple[Processes, str, str], gateway: GatewayProcess
+) -> None:
+    processes, redis_url, backend_url = setup
+    path = processes.directory / "clash.yaml"
+    path.write_text(json.dumps(config(redis_url, backend_url, [{"name": "team", "key": KEY}])))
+    argv = [sys.executable, "-m", "aigw", "serve", "--config", str(path), "--workers", "2"]
+    clash = processes.start("clash", [*argv, "--port", str(gateway.port)])  # the gateway's
+    assert clash.popen.wait(20) == 1
+    log = clash.log_text()
+    assert f"cannot listen on 127.0.0.1:{gateway.port}" in log, log
     assert "Traceback" not in log
