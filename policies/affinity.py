@@ -7,7 +7,14 @@ Two signals, combined per candidate as the larger of the two:
 * **rendezvous preference**: the conversation's ``affinity_key`` ranks the candidates by
   highest random weight; the first one not overloaded is credited with the conversation's
   opening blocks (system prompt + first user message). Every gateway replica ranks the same
-  way, so replicas send a conversation to the same engine without sharing any state.
+  way, so replicas send a conversation to the same engine without sharing any state. With
+  ``affinity_capacity_exponent`` e > 0 the ranking is weighted (Schindelhauer and Schomaker,
+  "Weighted distributed hash tables", 2005: score ``-w / ln(u)`` with ``u`` the key's hash
+  in (0, 1)): a deployment is preferred by a share of conversations proportional to
+  ``w = (capacity / tpot) ** e``, its estimated decode throughput (batch capacity from
+  :mod:`aigw.policies.load` over its time-per-output-token EWMA). A uniform ranking sends as
+  many new conversations to a small engine as to a large one, whose few KV blocks then evict
+  them, or whose queue pushes their next turns elsewhere.
 
 Bounded load keeps a hot prefix from pinning an overloaded deployment: the preferred
 deployment is passed over while its load is at or above ``ceil(c * (total + 1) / n)``
@@ -38,6 +45,7 @@ __all__ = [
 ]
 
 _MASK = (1 << 64) - 1
+_UNIT = 2.0**-52  # a 52-bit hash + 0.5, times this: strictly inside (0, 1) as a float
 
 
 def mix64(x: int) -> int:
@@ -86,13 +94,16 @@ class Rendezvous:
         loads: Sequence[Load],
         load_factor: float,
         members: Sequence[int] | None = None,
+        weights: Sequence[float] | None = None,
     ) -> int:
         """Index of the most preferred candidate whose load is under the bounded capacity,
-        among ``members`` (indices into ``candidates``; default all of them)."""
+        among ``members`` (indices into ``candidates``; default all of them). ``weights``
+        (> 0, one per candidate): each is preferred for a share of keys proportional to its
+        weight; default equal shares."""
         if members is None:
             members = range(len(candidates))
         salts = self._salts
-        ranked: list[tuple[int, int]] = []
+        ranked: list[tuple[float, int]] = []
         total = 0.0
         for i in members:
             d = candidates[i]
@@ -100,7 +111,11 @@ class Rendezvous:
             if salt is None:
                 salt = salts[d.id] = stable_hash64(d.id)
             x = ((key ^ salt) * 0x9E3779B97F4A7C15) & _MASK  # self.weight, inlined
-            ranked.append((((x ^ (x >> 32)) * 0xBF58476D1CE4E5B9) & _MASK, i))
+            x = ((x ^ (x >> 32)) * 0xBF58476D1CE4E5B9) & _MASK
+            if weights is None:
+                ranked.append((x, i))
+            else:  # -w / ln(u), u in (0, 1): the top one is i with probability w_i / sum(w)
+                ranked.append((-weights[i] / math.log(((x >> 12) + 0.5) * _UNIT), i))
             load = loads[i]
             total += load.running + load.waiting
         capacity = bounded_capacity(total, len(ranked), load_factor)
@@ -149,9 +164,17 @@ def with_preference(
     key = ctx.affinity_key
     if key is None or len(candidates) < 2 or not ctx.prefix_blocks or members == []:
         return observed
-    target = rendezvous.choose(
-        key, candidates, loads.loads(candidates), loads.tuning.load_factor, members
-    )
+    estimates = loads.loads(candidates)
+    tuning = loads.tuning
+    exponent = tuning.affinity_capacity_exponent
+    weights = None
+    if exponent:
+        default_tpot = tuning.tpot_s
+        weights = [
+            (load.capacity / (d.state.tpot.get(default_tpot) or default_tpot)) ** exponent
+            for d, load in zip(candidates, estimates, strict=True)
+        ]
+    target = rendezvous.choose(key, candidates, estimates, tuning.load_factor, members, weights)
     opening = opening_share(ctx)
     if observed[target] >= opening:
         return observed

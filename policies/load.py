@@ -39,12 +39,17 @@ _new = tuple.__new__  # Load(...) costs twice as much: NamedTuple.__new__ parses
 def estimate_load(deployment: Deployment, tuning: Tuning) -> Load:
     """The load of ``deployment`` from its engine snapshot, or gateway-local when stale.
 
-    Capacity: an engine with a waiting queue is full, so it runs what it runs now; otherwise
-    the KV fill tells how many more sequences of the current mix fit (running / kv_usage),
-    capped by the engine's batch limit (``max_num_seqs`` configured, else the largest batch
-    it was seen running with a queue: :func:`aigw.routing.scraper.learn_batch_limit`);
-    without either, the batch limit, ``max_concurrency`` or ``tuning.assumed_batch``. Stale
-    or absent metrics: running = the gateway's in-flight count, waiting = 0.
+    Capacity: the KV fill tells how many sequences of the current mix fit (running /
+    kv_usage), capped by the engine's batch limit (``max_num_seqs`` configured, else the
+    largest batch it was seen running with a queue:
+    :func:`aigw.routing.scraper.learn_batch_limit`); without a KV reading, an engine with a
+    waiting queue is full (it runs what it runs now), else the batch limit,
+    ``max_concurrency`` or ``tuning.assumed_batch``. A queue with KV room to spare is not a
+    full engine: its requests wait for the step's token budget (chunked prefill of the
+    prompts ahead, which the TTFT prediction counts as prefill backlog), not for sequences
+    to finish; taking it for one predicted waits of seconds on an engine admitting them
+    within a few steps, and moved conversations off their cache. Stale or absent metrics:
+    running = the gateway's in-flight count, waiting = 0.
     """
     state = deployment.state
     in_flight = state.in_flight
@@ -60,12 +65,14 @@ def estimate_load(deployment: Deployment, tuning: Tuning) -> Load:
     total = running + waiting + (in_flight - engine.in_flight_at_scrape)
     if total < 0.0:
         total = 0.0
-    if waiting > 0.0:
-        capacity = running if running > 1.0 else 1.0
-    elif kv is not None and kv > 0.01 and running > 0.0:
-        capacity = max(running + 1.0, running / kv)
+    if kv is not None and kv > 0.01 and running > 0.0:
+        capacity = running / kv  # kv <= 1; a full cache with a queue: what it runs now
+        if waiting <= 0.0 and capacity < running + 1.0:
+            capacity = running + 1.0
         if batch is not None and batch < capacity:
             capacity = batch if batch > running else running
+    elif waiting > 0.0:
+        capacity = running if running > 1.0 else 1.0
     elif batch is not None:
         capacity = batch if batch > running else running
     else:

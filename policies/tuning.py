@@ -48,6 +48,10 @@ class Tuning:
     # conversation then moves off its engine only when that is ~5x slower than another, not
     # 2x, which kept more turns on their cache with lower TTFT mean and p99.
     affinity_bias: float = 0.8
+    # Rendezvous affinity (auto, prefix scorer): a deployment is the preferred engine of a
+    # share of new conversations proportional to (capacity / tpot) ** this, its estimated
+    # decode throughput; 0: equal shares whatever the engine's size.
+    affinity_capacity_exponent: float = 1.0
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Tuning:
@@ -74,6 +78,12 @@ def _positive_int(value: object) -> str | None:
     return None
 
 
+def _non_negative(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return f"expected a number >= 0 (got {value!r})"
+    return None
+
+
 def _fraction(value: object) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
         return f"expected a number in [0, 1) (got {value!r})"
@@ -93,6 +103,7 @@ PARAM_CHECKS: dict[str, Callable[[object], str | None]] = {
     "assumed_batch": _at_least_one,
     "chunk_tokens": _positive,
     "affinity_bias": _fraction,
+    "affinity_capacity_exponent": _non_negative,
 }
 
 

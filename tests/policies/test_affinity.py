@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,39 @@ def test_bounded_capacity_formula() -> None:
     assert bounded_capacity(0, 4, 1.25) == 1  # an idle fleet: everyone may take one
     assert bounded_capacity(1, 4, 1.25) == 1
     assert bounded_capacity(9, 4, 1.25) == pytest.approx(4)
+
+
+def _preferred_shares(deps: list[Any], tuning: Tuning, keys: int = 3000) -> list[float]:
+    k = ScorerKit.build(tuning)
+    rng = random.Random(11)
+    counts: Counter[int] = Counter()
+    for _ in range(keys):
+        ctx = request(prefix_blocks=BLOCKS, affinity_key=rng.getrandbits(64))
+        overlaps = affinity_overlaps(deps, ctx, k.loads, k.rendezvous)
+        counts[max(range(len(deps)), key=overlaps.__getitem__)] += 1
+    return [counts[i] / keys for i in range(len(deps))]
+
+
+def test_rendezvous_prefers_engines_in_proportion_to_their_throughput() -> None:
+    """Two engines running 10 each, one with 90% of its KV cache free (room for 100), the
+    other with half (20), the second 2x slower per token: new conversations prefer them
+    100/0.03 : 20/0.06, i.e. 10 : 1 (issue 11: a uniform ranking sent as many to a small
+    engine as to a large one); with the exponent 0, evenly."""
+    _, deps = gpus(2)
+    scrape(deps[0], running=10, kv=0.1)
+    scrape(deps[1], running=10, kv=0.5)
+    deps[1].state.tpot.add(0.06)
+    deps[0].state.tpot.add(0.03)
+    big, small = _preferred_shares(deps, Tuning())
+    assert big == pytest.approx(10 / 11, abs=0.03) and small == pytest.approx(1 / 11, abs=0.03)
+    even = _preferred_shares(deps, Tuning(affinity_capacity_exponent=0))
+    assert even == pytest.approx([0.5, 0.5], abs=0.04)
+
+
+def test_affinity_capacity_exponent_is_validated() -> None:
+    from aigw.policies.presets import policy_problems
+
+    assert policy_problems({"name": "auto", "affinity_capacity_exponent": 0}) == []
+    assert policy_problems({"name": "gpu-aware", "affinity_capacity_exponent": 0.5}) == []
+    assert policy_problems({"name": "auto", "affinity_capacity_exponent": -1})
+    assert policy_problems({"name": "hash", "affinity_capacity_exponent": 1})  # unused there

@@ -41,7 +41,7 @@ def test_affinity_yields_when_the_affine_deployment_is_overloaded() -> None:
     model, deps = gpus(3)
     for d in deps:
         scrape(d, running=4, kv=0.3)
-    scrape(deps[2], running=8, waiting=4, kv=0.9)  # a queue: seconds, more than 0.8 s prefill
+    scrape(deps[2], running=8, waiting=4, kv=1.0)  # a queue: seconds, more than 0.8 s prefill
     deps[2].state.prefixes.add(BLOCKS)
     assert "g2" not in picks("auto", model, deps, LONG)
 

@@ -46,12 +46,27 @@ def test_completions_since_the_scrape_shrink_the_queue_first() -> None:
     assert estimate_load(d, TUNING)[:2] == (0, 0)
 
 
-def test_a_waiting_queue_means_the_batch_is_full() -> None:
+def test_a_waiting_queue_on_a_full_cache_means_the_batch_is_full() -> None:
+    _, [d] = gpus(1)
+    scrape(d, running=12, waiting=3, kv=1.0)
+    d.state.in_flight = 2
+    load = estimate_load(d, TUNING)
+    assert (load.running, load.waiting, load.capacity) == (12, 5, 12)
+    scrape(d, running=12, waiting=3)  # no KV reading: the queue says full
+    d.state.in_flight = 4
+    assert estimate_load(d, TUNING)[:3] == (12, 5, 12)
+
+
+def test_a_queue_with_kv_room_is_not_a_full_batch() -> None:
+    """Requests waiting while half the cache is free wait for the step's token budget
+    (chunked prefill), not for a slot: the KV room still bounds the batch (issue 11)."""
     _, [d] = gpus(1)
     scrape(d, running=12, waiting=3, kv=0.5)
     d.state.in_flight = 2
     load = estimate_load(d, TUNING)
-    assert (load.running, load.waiting, load.capacity) == (12, 5, 12)
+    assert (load.running, load.waiting, load.capacity) == (17, 0, 24)
+    scrape(d, running=12, waiting=20, kv=0.5)  # more than the free half holds
+    assert estimate_load(d, TUNING)[:3] == (24, 8, 24)
 
 
 def test_without_kv_or_queue_capacity_is_max_concurrency_or_assumed() -> None:

@@ -34,7 +34,7 @@ def test_running_batch_slows_the_prefill_a_little() -> None:
 
 def test_queue_wait_from_the_waiting_count_and_drain_rate() -> None:
     _, [d] = gpus(1)
-    scrape(d, running=8, waiting=4, kv=0.5)
+    scrape(d, running=8, waiting=4)  # a queue and no KV reading: a full batch
     # 4 ahead + this one beyond a batch of 8 that frees 8 slots per SERVICE seconds
     expected = 5 * SERVICE / 8 + IDLE * (1 + 8 / 512)
     assert predict(d) == pytest.approx(expected)
