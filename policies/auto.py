@@ -4,7 +4,7 @@ Per decision: predict every candidate's TTFT (:mod:`aigw.policies.predict`; pref
 is credited there with the prefill time it saves), keep the eligible ones (spillover, below),
 score them by predicted TTFT relative to the best plus any extra weighted scorers, and pick
 (argmax by default). A GPU candidate expected to hold a share ``overlap`` of the prompt's
-prefix ranks as if its prediction were ``x (1 - affinity_bias x overlap)`` (default 0.8): a
+prefix ranks as if its prediction were ``x (1 - affinity_bias x overlap)`` (default 0.5): a
 cache hit also saves the fleet the prefill compute and keeps the conversation's cache warm,
 which the request's own TTFT does not count. Loads include the gateway's own dispatches since the last scrape, so a
 burst between scrapes spreads over the fleet instead of herding onto the engine that looked

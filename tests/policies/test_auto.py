@@ -194,13 +194,13 @@ def test_affinity_bias_keeps_a_cached_prompt_on_a_somewhat_slower_deployment() -
     short = request(prompt_tokens=50, prefix_blocks=BLOCKS)
     assert picks({"name": "auto", "affinity_bias": 0}, model, deps, short) == {"g1": 20}
     assert picks("auto", model, deps, short) == {"g0": 20}
-    # (1 + 1200 / 512): 3.3 times slower; the default bias (0.8) covers up to 5 times, 0.5
-    # up to twice (issue 11: W2 kept more conversations on their cache with 0.8).
+    # (1 + 1200 / 512): 3.3 times slower; the default bias (0.5) covers up to twice, 0.8 up
+    # to 5 times.
     scrape(busier, running=1200)
-    assert picks("auto", model, deps, short) == {"g0": 20}
-    assert picks({"name": "auto", "affinity_bias": 0.5}, model, deps, short) == {"g1": 20}
-    scrape(busier, running=3000)  # (1 + 3000 / 512): past 5 times, no bias covers it
     assert picks("auto", model, deps, short) == {"g1": 20}
+    assert picks({"name": "auto", "affinity_bias": 0.8}, model, deps, short) == {"g0": 20}
+    scrape(busier, running=3000)  # (1 + 3000 / 512): past 5 times, neither covers it
+    assert picks({"name": "auto", "affinity_bias": 0.8}, model, deps, short) == {"g1": 20}
 
 
 def test_affinity_bias_is_an_auto_parameter_only() -> None:
