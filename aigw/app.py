@@ -27,7 +27,7 @@ from aigw.auth import Authenticator
 from aigw.config import GatewayConfig
 from aigw.fleet.attempt import AttemptObserver, Observers
 from aigw.gateway import Gateway
-from aigw.limits import RateLimits
+from aigw.limits import RateLimits, counts_prompt_tokens
 from aigw.policies.filters import MODEL_AWARE_FILTERS
 from aigw.redaction import redactor_for
 from aigw.reload import LiveParts, Reloader, start_monitor
@@ -118,7 +118,8 @@ def create_app(
         tracing = _tracing(tracer_provider, loop.time, policies)
         pool = UpstreamPool(tracing.inject if tracing is not None else None)
         pool.open(router.deployments.values())
-        counter = await load_counter_async(config.tokens)  # fetches in the background if needed
+        # The encoding (~40 MB) loads now when every request counts, else on the first count.
+        counter = await load_counter_async(config.tokens, eager=counts_prompt_tokens(config))
         contexts = ContextBuilder(counter, config.routing.prefix_block_chars)
         scrape_client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=64))
         scraper = MetricsScraper(

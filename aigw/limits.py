@@ -20,7 +20,14 @@ from aigw.errors import InvalidRequestError, RateLimitError
 from aigw.state.base import Charge, LimitDecision, Quota, QuotaStatus, RateLimiter, Stamp
 from aigw.types import Principal, Usage
 
-__all__ = ["Booking", "DeploymentQuotaSpent", "QuotaUse", "RateLimits", "format_reset"]
+__all__ = [
+    "Booking",
+    "DeploymentQuotaSpent",
+    "QuotaUse",
+    "RateLimits",
+    "counts_prompt_tokens",
+    "format_reset",
+]
 
 _WINDOW_S = 60.0
 
@@ -112,6 +119,12 @@ class Booking:
             return
         self._settled = True
         await self._limiter.refund(self._stamp, self._charges)
+
+
+def counts_prompt_tokens(config: GatewayConfig) -> bool:
+    """Whether requests are charged exact prompt tokens: a key or a model has a TPM quota
+    (a deployment's quota is charged the estimate routing already has)."""
+    return any(k.tpm for k in config.auth.keys) or any(m.tpm for m in config.models)
 
 
 class RateLimits:

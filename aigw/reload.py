@@ -36,6 +36,7 @@ from aigw.config import GatewayConfig
 from aigw.errors import ConfigError
 from aigw.fleet.deployment import DeploymentState
 from aigw.gateway import Gateway
+from aigw.limits import counts_prompt_tokens
 from aigw.policies.filters import MODEL_AWARE_FILTERS
 from aigw.routing.context import ContextBuilder
 from aigw.routing.history import FleetHistory
@@ -166,6 +167,8 @@ class Reloader:
         router = Router(new, parts.clock, parts.rng, MODEL_AWARE_FILTERS, keep)
         deployments = list(router.deployments.values())
         contexts = ContextBuilder(parts.counter, new.routing.prefix_block_chars)
+        if counts_prompt_tokens(new):  # a TPM quota added: load the encoding before it counts
+            parts.counter.start_loading()
         gateway = self._build(new, router, contexts)
         scraper = MetricsScraper(
             deployments, parts.scrape_client, new.routing.scrape_interval, parts.rng, parts.clock

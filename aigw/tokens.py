@@ -10,13 +10,18 @@ counter estimates one token per 4 characters (``TokenCounter.exact`` is False).
 Start-up. :func:`load_counter_async` (the app's lifespan) does not wait for the file to be
 parsed (~150 ms for cl100k_base here): the gateway accepts connections meanwhile, and a
 request that needs a count in that window waits for the parse, never gets an estimate.
+The parsed encoding holds ~40 MB, so it is loaded at start-up only when the config charges
+tokens (a key or model ``tpm``: every request then counts); otherwise on the first count
+(a prompt that may not fit a context window, or a ``tpm`` added by a reload), which waits
+for the parse once.
 
-Fetching. When there is no usable file, :func:`load_counter_async` starts one background fetch,
-unless ``tokens.offline`` is true: the file is downloaded (asynchronously, the whole fetch
-bounded by ``FETCH_TIMEOUT_S``), checked against its published sha256, written to tiktoken's
-cache so the next start finds it, and parsed in a worker thread (tiktoken's loader blocks).
-On success the same counter switches to exact counts; on failure it stays an estimate. Both
-outcomes are logged on ``aigw.tokens``. Requests never wait for the fetch.
+Fetching. When there is no usable file, :func:`load_counter_async` starts one background fetch
+(at the same moment the file would have been loaded), unless ``tokens.offline`` is true: the
+file is downloaded (asynchronously, the whole fetch bounded by ``FETCH_TIMEOUT_S``), checked
+against its published sha256, written to tiktoken's cache so the next start finds it, and
+parsed in a worker thread (tiktoken's loader blocks). On success the same counter switches to
+exact counts; on failure it stays an estimate. Both outcomes are logged on ``aigw.tokens``.
+Requests never wait for the fetch.
 
 Counting is CPU work on the event loop: texts up to ``INLINE_CHARS`` characters in all are
 counted inline (~0.2 ms at most; measured ~45 us per 1,000 characters of English here);
@@ -28,6 +33,7 @@ prompt does not stall every other request. Chat prompts follow OpenAI's document
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -95,14 +101,44 @@ class TokenCounter:
         self.name = name
         self.fetch_task: asyncio.Task[bool] | None = None
         self.load_task: asyncio.Task[None] | None = None  # the local file, being parsed
+        self._deferred: Callable[[], None] | None = None  # starts the load on first need
+        self._unready = False  # a count must first call _ready(): one check on the hot path
 
-    async def _loaded(self) -> None:
-        """Wait for the local file being parsed (the first ~150 ms of the process only)."""
+    def defer(self, start: Callable[[], None]) -> None:
+        """Let the first count (or :meth:`start_loading`) call ``start``, which starts the
+        load of the encoding file or its fetch."""
+        self._deferred = start
+        self._unready = True
+
+    def start_loading(self) -> None:
+        """Start the deferred load or fetch now, once; nothing when none is deferred."""
+        start, self._deferred = self._deferred, None
+        if start is not None:
+            start()
+
+    def begin_load(
+        self,
+        found: Path,
+        config: TokensConfig,
+        fetch: FetchEncoding | None = None,
+        fetch_timeout_s: float = FETCH_TIMEOUT_S,
+    ) -> None:
+        """Start :meth:`load_local` as ``load_task``; counts wait for it."""
+        self.load_task = asyncio.create_task(
+            self.load_local(found, config, fetch, fetch_timeout_s), name=f"aigw-load-{self.name}"
+        )
+        self._unready = True
+
+    async def _ready(self) -> None:
+        """Before a count: start a deferred load, and wait while the local file is being
+        parsed (~150 ms, once per process)."""
+        self.start_loading()
         task = self.load_task
         if task is not None:
             if not task.done():
                 await asyncio.shield(task)  # a request that goes away does not cancel it
-            self.load_task = None  # loaded: later counts skip this call
+            self.load_task = None
+        self._unready = self._deferred is not None  # loaded: later counts skip this call
 
     async def load_local(
         self,
@@ -123,9 +159,14 @@ class TokenCounter:
         log.info("token counts are exact: tiktoken encoding %s from %s", self.name, found)
 
     def without_file(
-        self, config: TokensConfig, fetch: FetchEncoding | None, fetch_timeout_s: float
+        self,
+        config: TokensConfig,
+        fetch: FetchEncoding | None,
+        fetch_timeout_s: float,
+        deferred: bool = False,
     ) -> None:
-        """No usable local file: say so, and start the background fetch unless offline."""
+        """No usable local file: say so, and start the background fetch unless offline
+        (``deferred``: on the first count instead)."""
         log.warning(
             "tiktoken encoding %s not found (set tokens.encodings_dir or TIKTOKEN_CACHE_DIR); "
             "token counts are estimated at 1 token per %d characters",
@@ -134,9 +175,16 @@ class TokenCounter:
         )
         if config.offline:
             log.info("tokens.offline is true: %s is not fetched; counts stay estimated", self.name)
-        else:
+            return
+
+        def start() -> None:
             log.info("fetching tiktoken encoding %s in the background", self.name)
             self.start_fetch(fetch, fetch_timeout_s)
+
+        if deferred:
+            self.defer(start)
+        else:
+            start()
 
     @property
     def exact(self) -> bool:
@@ -151,8 +199,8 @@ class TokenCounter:
 
     async def count_async(self, text: str) -> int:
         """Like ``count``, but long texts are counted off the event loop."""
-        if self.load_task is not None:
-            await self._loaded()
+        if self._unready:
+            await self._ready()
         if len(text) <= INLINE_CHARS or self._encoding is None:
             return self.count(text)
         return await asyncio.to_thread(self.count, text)
@@ -171,8 +219,8 @@ class TokenCounter:
 
     async def count_chat_async(self, messages: object) -> int:
         """Like ``count_chat``; when the texts exceed ``INLINE_CHARS``, counted in a thread."""
-        if self.load_task is not None:
-            await self._loaded()
+        if self._unready:
+            await self._ready()
         texts, fixed = _chat_parts(messages)
         return fixed + await self._count_texts_async(texts)
 
@@ -184,8 +232,8 @@ class TokenCounter:
 
     async def count_prompt_async(self, prompt: object) -> int:
         """Like ``count_prompt``; when the texts exceed ``INLINE_CHARS``, counted in a thread."""
-        if self.load_task is not None:
-            await self._loaded()
+        if self._unready:
+            await self._ready()
         texts, fixed = _prompt_parts(prompt)
         return fixed + await self._count_texts_async(texts)
 
@@ -255,6 +303,7 @@ class TokenCounter:
 
     async def aclose(self) -> None:
         """Cancel the local load and the background fetch, if running, and wait for them."""
+        self._deferred = None
         load, self.load_task = self.load_task, None
         if load is not None and not load.done():
             load.cancel()
@@ -279,6 +328,7 @@ async def download_encoding(name: str) -> bytes:
 async def load_counter_async(
     config: TokensConfig,
     *,
+    eager: bool = True,
     fetch: FetchEncoding | None = None,
     fetch_timeout_s: float = FETCH_TIMEOUT_S,
 ) -> TokenCounter:
@@ -286,17 +336,18 @@ async def load_counter_async(
     ``counter.load_task`` (cl100k_base: ~150 ms and ~40 MB, which start-up need not wait
     for); counting calls made meanwhile wait for it, so every count is exact. When there is
     no usable file and ``config.offline`` is false, the background fetch starts as
-    ``counter.fetch_task``. The caller owns the counter and ends with ``await counter.aclose()``.
+    ``counter.fetch_task``. Not ``eager``: both start on the first count (or
+    ``counter.start_loading()``) instead of now. The caller owns the counter and ends with
+    ``await counter.aclose()``.
     """
     counter = TokenCounter(None, config.encoding)
     found = _find_encoding_file(config.encoding, config.encodings_dir)
     if found is not None:
-        counter.load_task = asyncio.create_task(
-            counter.load_local(found, config, fetch, fetch_timeout_s),
-            name=f"aigw-load-{config.encoding}",
-        )
+        counter.defer(functools.partial(counter.begin_load, found, config, fetch, fetch_timeout_s))
     else:
-        counter.without_file(config, fetch, fetch_timeout_s)
+        counter.without_file(config, fetch, fetch_timeout_s, deferred=True)
+    if eager:
+        counter.start_loading()
     return counter
 
 
@@ -444,12 +495,16 @@ def _load_file(found: Path, name: str) -> _Encoding:
     previous = os.environ.get("TIKTOKEN_CACHE_DIR")
     os.environ["TIKTOKEN_CACHE_DIR"] = cache_dir
     try:
-        encoding: _Encoding = tiktoken.get_encoding(name)
+        encoding = tiktoken.get_encoding(name)
     finally:
         if previous is None:
             os.environ.pop("TIKTOKEN_CACHE_DIR", None)
         else:
             os.environ["TIKTOKEN_CACHE_DIR"] = previous
+    # tiktoken keeps the Python dict of the encoding's merge ranks (100k bytes keys, ~9 MB)
+    # beside its Rust core's own tables, only to pickle the Encoding; the gateway never does.
+    if isinstance(getattr(encoding, "_mergeable_ranks", None), dict):
+        encoding._mergeable_ranks = {}
     return encoding
 
 

@@ -387,3 +387,65 @@ async def test_a_corrupt_local_file_at_start_up_leaves_estimates_and_fetches(
     assert counter.fetch_task is not None  # no usable file: fetched as when there is none
     await counter.aclose()
     assert fetch.cancelled
+
+
+@needs_encodings
+async def test_a_lazy_counter_loads_the_file_on_its_first_count_and_that_count_is_exact() -> None:
+    """Not eager (no TPM quota): nothing is parsed at start-up; the first count starts the
+    load, waits for it, and is exact; later counts do not wait."""
+    counter = await load_counter_async(TokensConfig(encodings_dir=SHARED), eager=False)
+    await asyncio.sleep(0.01)
+    assert counter.load_task is None and not counter.exact  # not loaded on its own
+    first, second = await asyncio.gather(
+        counter.count_async("hello world"),
+        counter.count_chat_async([{"role": "user", "content": "hello world"}]),
+    )
+    assert (first, second) == (2, 9) and counter.exact
+    assert counter.load_task is None  # done: later counts skip the wait
+    await counter.aclose()
+
+
+@needs_encodings
+async def test_start_loading_loads_a_lazy_counter_before_any_count() -> None:
+    counter = await load_counter_async(TokensConfig(encodings_dir=SHARED), eager=False)
+    counter.start_loading()
+    task = counter.load_task
+    assert task is not None
+    counter.start_loading()  # once
+    assert counter.load_task is task
+    await task
+    assert counter.exact
+    await counter.aclose()
+
+
+@needs_encodings
+async def test_a_lazy_counter_fetches_on_its_first_count_and_estimates_meanwhile(
+    no_local_encodings: Path,
+) -> None:
+    fetch = FakeFetch(cl100k_bytes())
+    counter = await load_counter_async(TokensConfig(), eager=False, fetch=fetch)
+    assert counter.fetch_task is None and fetch.calls == []
+    assert await counter.count_async("hello world") == 3  # never waits for a fetch
+    assert counter.fetch_task is not None
+    assert await counter.fetch_task
+    assert await counter.count_async("hello world") == 2
+    assert fetch.calls == ["cl100k_base"]
+    await counter.aclose()
+
+
+async def test_aclose_of_a_lazy_counter_starts_nothing(no_local_encodings: Path) -> None:
+    fetch = FakeFetch(error=AssertionError("must not be called"))
+    counter = await load_counter_async(TokensConfig(), eager=False, fetch=fetch)
+    await counter.aclose()
+    counter.start_loading()
+    assert counter.fetch_task is None and fetch.calls == []
+
+
+@needs_encodings
+def test_the_loaded_encoding_drops_tiktokens_python_copy_of_the_ranks_and_stays_exact() -> None:
+    counter = load_counter("cl100k_base", encodings_dir=SHARED)
+    encoding = counter._encoding
+    assert encoding is not None and getattr(encoding, "_mergeable_ranks", None) == {}
+    # the counts tiktoken gives with its ranks kept
+    assert counter.count("Ünïcödé façade — naïve ☃") == 14
+    assert counter.count("The quick brown fox jumps over the lazy dog. " * 10) == 101
