@@ -4,9 +4,11 @@ Per decision: predict every candidate's TTFT (:mod:`aigw.policies.predict`; pref
 is credited there with the prefill time it saves), keep the eligible ones (spillover, below),
 score them by predicted TTFT relative to the best plus any extra weighted scorers, and pick
 (argmax by default). A GPU candidate expected to hold a share ``overlap`` of the prompt's
-prefix ranks as if its prediction were ``x (1 - affinity_bias x overlap)`` (default 0.5): a
-cache hit also saves the fleet the prefill compute and keeps the conversation's cache warm,
-which the request's own TTFT does not count. Loads include the gateway's own dispatches since the last scrape, so a
+prefix ranks as if its prediction were ``x (1 - affinity_bias x overlap)`` (default 0.8) when
+this gateway sent it that prefix, ``x (1 - rendezvous_bias x overlap)`` (default 0.5) for the
+opening of a new conversation credited to its rendezvous choice: a cache hit also saves the
+fleet the prefill compute and keeps the conversation's cache warm, which the request's own
+TTFT does not count. Loads include the gateway's own dispatches since the last scrape, so a
 burst between scrapes spreads over the fleet instead of herding onto the engine that looked
 idle, and a request never waits in one engine's queue while another has a free slot unless
 the prefix it would reuse there saves more than the wait.
@@ -133,7 +135,7 @@ class AutoPolicy:
         kit.loads.begin()
         try:
             clouds = [d.config.is_cloud for d in candidates]
-            predictions, overlaps = self._predictor.predict_with_overlaps(
+            predictions, observed, overlaps = self._predictor.predict_with_overlaps(
                 candidates, request, clouds
             )
             keep = self._spillover.eligible(candidates, clouds, predictions, request, kit.tuning)
@@ -145,8 +147,13 @@ class AutoPolicy:
                         d.state.last_scores = {"predicted_ttft_s": predictions[i], "eligible": 0.0}
                 chosen = [candidates[i] for i in keep]
                 predictions = [predictions[i] for i in keep]
+                observed = [observed[i] for i in keep]
                 overlaps = [overlaps[i] for i in keep]
-            columns = [relative(self._ranked(predictions, overlaps), 1e-3)] if self._ttft else []
+            columns = (
+                [relative(self._ranked(predictions, observed, overlaps), 1e-3)]
+                if self._ttft
+                else []
+            )
             columns.extend(scorer(chosen, request) for scorer in self._scorers)
         finally:
             kit.loads.end()
@@ -154,9 +161,16 @@ class AutoPolicy:
         record_scores(chosen, self._make_row, (*columns, totals, predictions))
         return self._picker(chosen, totals, request)
 
-    def _ranked(self, predictions: list[float], overlaps: list[float]) -> list[float]:
-        """Predicted TTFTs as ranked: discounted by ``affinity_bias`` x expected overlap."""
-        bias = self._kit.tuning.affinity_bias
-        if not bias or not any(overlaps):
+    def _ranked(
+        self, predictions: list[float], observed: list[float], overlaps: list[float]
+    ) -> list[float]:
+        """Predicted TTFTs as ranked: discounted by ``affinity_bias`` x the observed overlap
+        and ``rendezvous_bias`` x the rendezvous credit beyond it."""
+        if not any(overlaps):
             return predictions
-        return [p * (1.0 - bias * o) for p, o in zip(predictions, overlaps, strict=True)]
+        tuning = self._kit.tuning
+        bias, credit_bias = tuning.affinity_bias, tuning.rendezvous_bias
+        return [
+            p * (1.0 - bias * seen - credit_bias * (claim - seen))
+            for p, seen, claim in zip(predictions, observed, overlaps, strict=True)
+        ]

@@ -33,7 +33,8 @@ step's token budget; it grows with every request dispatched, so equal engines sh
 ``retry = 1 / (1 - error_rate)`` (error rate capped at 0.9): the expected number of tries.
 ``overlap`` is the share of the prompt prefix this gateway already sent to the deployment
 (:mod:`aigw.policies.affinity`), so a cache hit is worth the prefill time it saves; ``auto``
-adds a ranking bias for it and for the conversation's rendezvous choice (``affinity_bias``).
+adds a ranking bias for it (``affinity_bias``) and for the conversation's rendezvous choice
+(``rendezvous_bias``).
 Cold defaults come from :class:`~aigw.policies.tuning.Tuning`.
 """
 
@@ -137,9 +138,11 @@ class TtftPredictor:
         candidates: Sequence[Deployment],
         ctx: RouteContext,
         clouds: Sequence[bool] | None = None,
-    ) -> tuple[list[float], list[float]]:
-        """Seconds per candidate, and each one's claim to the prompt's prefix for ranking (0
-        for clouds: their caches are not the gateway's to predict).
+    ) -> tuple[list[float], list[float], list[float]]:
+        """Seconds per candidate; each one's observed overlap (the share of the prompt's
+        prefix blocks this gateway sent it); and its claim to the prefix for ranking, the
+        observed overlap or the rendezvous credit, whichever is larger (both 0 for clouds:
+        their caches are not the gateway's to predict).
 
         The prediction credits only the *observed* overlap (what this gateway sent there):
         the rendezvous choice for a conversation's opening has nothing cached on the first
@@ -163,7 +166,8 @@ class TtftPredictor:
         overlaps = with_preference(observed, candidates, ctx, kit.loads, kit.rendezvous, gpu)
         if any(clouds):
             overlaps = [0.0 if cloud else o for o, cloud in zip(overlaps, clouds, strict=True)]
-        return predictions, overlaps
+            observed = [0.0 if cloud else o for o, cloud in zip(observed, clouds, strict=True)]
+        return predictions, observed, overlaps
 
 
 class TtftScorer:

@@ -31,7 +31,7 @@ from aigw.policies.tuning import PARAM_CHECKS, Tuning, param_problem
 __all__ = ["PRESETS", "PolicySettings", "Preset", "make_policy", "parse_policy", "policy_problems"]
 
 _AUTO_PARAMS = frozenset(PARAM_CHECKS) - {"virtual_nodes"} | {"picker"}
-_SCORED_PARAMS = _AUTO_PARAMS - {"affinity_bias"}  # auto's ranking alone reads it
+_SCORED_PARAMS = _AUTO_PARAMS - {"affinity_bias", "rendezvous_bias"}  # auto's ranking reads them
 
 
 @dataclass(frozen=True, slots=True)

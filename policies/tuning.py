@@ -40,14 +40,20 @@ class Tuning:
     # Tokens per engine step (vLLM's chunked-prefill budget): each running sequence takes one
     # of them, so a prefill slows by running / chunk_tokens.
     chunk_tokens: float = 512.0
-    # auto only: a candidate holding a share ``overlap`` of the prompt's prefix ranks as if
-    # its predicted TTFT were x (1 - affinity_bias x overlap). The prediction already credits
+    # auto only: a candidate holding a share ``observed`` of the prompt's prefix (what this
+    # gateway already sent it) ranks as if its predicted TTFT were x (1 - affinity_bias x
+    # observed - rendezvous_bias x credit), ``credit`` being the conversation's opening share
+    # credited to its rendezvous choice beyond what it holds. The prediction already credits
     # the prefill a cache hit saves this request; the bias adds what it saves the fleet (the
     # compute not spent re-prefilling, the cache kept warm for the conversation's next
-    # turns). 0: rank on the prediction alone. 0.5, not 0.8 (issue 11, paired 3-seed runs
-    # at 3c16d46): W2 hit rate the same (67.1% vs 66.6%), W1 Poisson 110% TTFT p99
-    # 0.24-0.36 s vs 0.38-0.51 s, W3 Gamma 110% throughput +2.5%.
-    affinity_bias: float = 0.5
+    # turns). 0: rank on the prediction alone. Issue 11, 12 paired W2 runs at 417fcce:
+    # affinity_bias 0.8 (was 0.5 for both) keeps more turns on the engine holding their
+    # history, hit rate 67.5% vs 64.9% mean (10 of 12 pairs better), TTFT mean unchanged;
+    # the rendezvous credit stays 0.5 (0.8 there made W1 at overload worse at 3c16d46:
+    # every unique prompt then leans to a hashed engine). A prompt nothing was sent before
+    # (W1, W3) has no observed share: affinity_bias does not change its ranking.
+    affinity_bias: float = 0.8
+    rendezvous_bias: float = 0.5
     # Rendezvous affinity (auto, prefix scorer): a deployment is the preferred engine of a
     # share of new conversations proportional to (capacity / tpot) ** this, its estimated
     # decode throughput; 0: equal shares whatever the engine's size.
@@ -103,6 +109,7 @@ PARAM_CHECKS: dict[str, Callable[[object], str | None]] = {
     "assumed_batch": _at_least_one,
     "chunk_tokens": _positive,
     "affinity_bias": _fraction,
+    "rendezvous_bias": _fraction,
     "affinity_capacity_exponent": _non_negative,
 }
 

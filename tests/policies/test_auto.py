@@ -194,13 +194,31 @@ def test_affinity_bias_keeps_a_cached_prompt_on_a_somewhat_slower_deployment() -
     short = request(prompt_tokens=50, prefix_blocks=BLOCKS)
     assert picks({"name": "auto", "affinity_bias": 0}, model, deps, short) == {"g1": 20}
     assert picks("auto", model, deps, short) == {"g0": 20}
-    # (1 + 1200 / 512): 3.3 times slower; the default bias (0.5) covers up to twice, 0.8 up
-    # to 5 times.
+    # (1 + 1200 / 512): 3.3 times slower; a bias of 0.5 covers up to twice, the default (0.8)
+    # up to 5 times.
     scrape(busier, running=1200)
-    assert picks("auto", model, deps, short) == {"g1": 20}
-    assert picks({"name": "auto", "affinity_bias": 0.8}, model, deps, short) == {"g0": 20}
+    assert picks({"name": "auto", "affinity_bias": 0.5}, model, deps, short) == {"g1": 20}
+    assert picks("auto", model, deps, short) == {"g0": 20}
     scrape(busier, running=3000)  # (1 + 3000 / 512): past 5 times, neither covers it
-    assert picks({"name": "auto", "affinity_bias": 0.8}, model, deps, short) == {"g1": 20}
+    assert picks("auto", model, deps, short) == {"g1": 20}
+
+
+def test_a_new_conversations_rendezvous_credit_is_ranked_by_rendezvous_bias() -> None:
+    """Nothing was sent anywhere yet: the opening is credited to the conversation's
+    rendezvous choice, and ranked with ``rendezvous_bias`` (default 0.5: up to twice faster),
+    not ``affinity_bias`` (which only ranks what this gateway sent)."""
+    model, deps = gpus(2)
+    for d in deps:
+        scrape(d, running=0)
+    new = request(prompt_tokens=50, prefix_blocks=BLOCKS, affinity_key=BLOCKS[-1])
+    uniform: dict[str, Any] = {"name": "auto", "affinity_capacity_exponent": 0}
+    [preferred] = picks(uniform, model, deps, new)  # equal predictions: the credit decides
+    target = next(d for d in deps if d.id == preferred)
+    other = next(d for d in deps if d is not target)
+    target.state.tpot.add(0.09)  # (0.09 + 0.01) / (0.03 + 0.01): 2.5 times slower
+    assert picks(uniform, model, deps, new) == {other.id: 20}
+    assert picks({**uniform, "affinity_bias": 0.95}, model, deps, new) == {other.id: 20}
+    assert picks({**uniform, "rendezvous_bias": 0.8}, model, deps, new) == {preferred: 20}
 
 
 def test_affinity_bias_is_an_auto_parameter_only() -> None:
@@ -209,6 +227,9 @@ def test_affinity_bias_is_an_auto_parameter_only() -> None:
     assert policy_problems({"name": "auto", "affinity_bias": 0.5}) == []
     assert policy_problems({"name": "auto", "affinity_bias": 1.0})  # a fraction in [0, 1)
     assert policy_problems({"name": "gpu-aware", "affinity_bias": 0.5})  # would be ignored
+    assert policy_problems({"name": "auto", "rendezvous_bias": 0.3}) == []
+    assert policy_problems({"name": "auto", "rendezvous_bias": -0.1})
+    assert policy_problems({"name": "gpu-aware", "rendezvous_bias": 0.3})  # would be ignored
 
 
 def test_a_burst_of_long_prompts_between_scrapes_is_spread_by_prefill_backlog() -> None:
