@@ -22,6 +22,7 @@ from .aggregate import (
     compare,
     spread,
 )
+from .stats import CPU_STARVED, machine_share
 from .sweep import ALL_POLICIES, SweepResult, scenario_key
 
 __all__ = ["markdown", "to_json", "write_reports"]
@@ -232,6 +233,23 @@ def cpu_lines(result: SweepResult) -> list[str]:
         out.append(
             f"- {name}: at most {peak:.0f}% of one core during a run; "
             f"median {median:.0f} CPU-µs per output token"
+        )
+    cores = int(result.machine.get("cpus") or 1)
+    shares = [(machine_share(s, cores), s) for s in result.summaries]
+    out.append(
+        f"- all of them together: at most {max(share for share, _ in shares):.0%} of the "
+        f"machine's {cores} cores during a run"
+    )
+    starved = [s for share, s in shares if share >= CPU_STARVED]
+    if starved:
+        labels = ", ".join(
+            f"{s.policy} {s.workload}/{s.arrival}/{s.load:.0%} seed {s.seed}" for s in starved
+        )
+        out.append(
+            f"- **{len(starved)} of {len(shares)} runs used {CPU_STARVED:.0%} or more of the "
+            f"machine** ({labels}): their processes queued for a core, so their latencies and "
+            "failures measure the machine as much as the policy; compare them only with runs "
+            "as busy, or re-run on a bigger machine or with a larger `--time-scale`"
         )
     return out
 

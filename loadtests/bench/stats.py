@@ -17,7 +17,13 @@ from typing import Any
 
 from .runner import RunData
 
-__all__ = ["SLO", "RunSummary", "percentile", "summarize"]
+__all__ = ["CPU_STARVED", "SLO", "RunSummary", "machine_share", "percentile", "summarize"]
+
+# A run whose processes (gateway, fleet, load generator) used this share of all the
+# machine's cores had them queue for a core: its latencies measure the machine as much as
+# the policy (seen at 90% with W1 at 110% load on a slow day: same decisions, 4.9% vs 38.7%
+# failed between two runs).
+CPU_STARVED = 0.85
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,11 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def machine_share(summary: RunSummary, cores: int) -> float:
+    """The share of all ``cores`` the run's processes used together, over its wall time."""
+    return sum(summary.cpu_pct.values()) / (100.0 * max(1, cores))
 
 
 def _imbalance(samples: Sequence[Sequence[int]]) -> tuple[float | None, float | None]:

@@ -15,6 +15,7 @@ arrival at the latest, and the sweep skips runs once the budget (wall seconds) i
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from .fleet import UPSTREAM_MODEL, Fleet, FleetSpec
 from .gateway import MODEL, GatewayStartError, GatewayTiming, start_gateway
 from .procs import ChildProcesses
 from .runner import RunSpec, StragglerSpec, Timing, run_open_loop
-from .stats import RunSummary, summarize
+from .stats import CPU_STARVED, RunSummary, machine_share, summarize
 from .straggler import StragglerReport, analyse_straggler
 from .workload import Priming, Schedule, build_schedule, prefix_profile
 
@@ -143,8 +144,6 @@ def available_policies() -> tuple[str, ...]:
 
 
 def machine_info() -> dict[str, Any]:
-    import os
-
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -413,6 +412,9 @@ def _progress(s: RunSummary, straggler: StragglerReport | None) -> str:
         f"failed {s.failed_pct:.1f}%, cpu gw {s.cpu_pct['gateway']:.0f}% "
         f"loadgen {s.cpu_pct['loadgen']:.0f}% ({s.wall_seconds:.0f} s)"
     )
+    share = machine_share(s, os.cpu_count() or 1)
+    if share >= CPU_STARVED:
+        line += f"; CPU-STARVED: {share:.0%} of the machine"
     if straggler is not None:
         line += (
             f"; straggler share {_fmt(straggler.share_before)} -> "

@@ -192,3 +192,18 @@ def test_quick_compares_auto_with_least_connections() -> None:
         ("W1", 0.8, True),
     ]
     assert config.budget_seconds == 1800.0
+
+
+def test_runs_that_used_most_of_the_machine_are_named_in_the_cpu_section() -> None:
+    quiet = run(seed=1, cpu_pct={"fleet": 50.0, "gateway": 60.0, "loadgen": 20.0})  # 65%
+    busy = run(seed=2, cpu_pct={"fleet": 78.0, "gateway": 85.0, "loadgen": 21.0})  # 92%
+    cpu = lines_under(markdown(result_of([quiet, busy], (1, 2))), "## CPU")
+    assert "- all of them together: at most 92% of the machine's 2 cores during a run" in cpu
+    assert any(
+        line.startswith(
+            "- **1 of 2 runs used 85% or more of the machine** (auto W1/poisson/80% seed 2)"
+        )
+        for line in cpu
+    )
+    calm = lines_under(markdown(result_of([quiet], (1,))), "## CPU")
+    assert not any("or more of the machine" in line for line in calm)
