@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -108,6 +109,10 @@ class RunData:
     window_seconds: float  # its actual length (simulated), within one polling interval
     samples: tuple[tuple[int, ...], ...]  # in-flight per backend (fleet order), sampled
     backend_ids: tuple[str, ...]
+    # prefix-cache tokens the engines hit / looked up from the end of the warm-up to the end
+    # of the drain: the prompts of the measured window's arrivals (give or take the few in
+    # prefill at its start), the population of the ideal bound (workload.prefix_profile);
+    # not the priming burst, a run's cold start that no router could serve from cache
     prefix_hits: int
     prefix_queries: int
     preemptions: int
@@ -238,14 +243,24 @@ class _OpenLoop:
         )
 
 
-async def _drive(run: _OpenLoop, fleet: Fleet, control: httpx.AsyncClient) -> tuple[float, int]:
+def _prefix_counts(stats: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    """(hit tokens, queried tokens) of the prefix caches, summed over the fleet."""
+    hits = sum(s["prefix_cache_hits"] for s in stats.values())
+    return hits, sum(s["prefix_cache_queries"] for s in stats.values())
+
+
+async def _drive(
+    run: _OpenLoop, fleet: Fleet, control: httpx.AsyncClient
+) -> tuple[float, int, tuple[int, int]]:
     """Sample until the last arrival (slowing the straggler on time); the measured window's
-    actual length and the output tokens received in it."""
+    actual length, the output tokens received in it, and the fleet's prefix-cache counters
+    (hits, queries) at its start."""
     spec, timing = run.spec, run.timing
     end_arrivals = spec.warmup + spec.window
     straggler = spec.straggler
     slow = next(b for b in fleet.backends if b.id == straggler.backend) if straggler else None
     window_start: tuple[float, int] | None = None  # (simulated time, tokens) at warm-up end
+    prefix_start = (0, 0)
     next_sample = spec.warmup
     while (now := run.now()) < end_arrivals:
         if slow is not None and straggler is not None and now >= straggler.at:
@@ -253,13 +268,14 @@ async def _drive(run: _OpenLoop, fleet: Fleet, control: httpx.AsyncClient) -> tu
             slow = None
         if window_start is None and now >= spec.warmup:
             window_start = (now, run.client.tokens)
+            prefix_start = _prefix_counts(await fleet.stats(control))
         if window_start is not None and now >= next_sample:
             run.sample()
             next_sample += timing.sample_interval
         await asyncio.sleep(min(0.05, timing.sample_interval * run.scale / 2))
     if window_start is None:  # a warm-up of zero and a window shorter than one poll
         window_start = (spec.warmup, 0)
-    return now - window_start[0], run.client.tokens - window_start[1]
+    return now - window_start[0], run.client.tokens - window_start[1], prefix_start
 
 
 async def run_open_loop(
@@ -277,7 +293,7 @@ async def run_open_loop(
         cpu0 = (fleet.cpu_seconds(), gateway_cpu(), self_cpu_seconds(), run.loop.time())
         run.schedule_arrivals()
         try:
-            window_seconds, window_tokens = await _drive(run, fleet, control)
+            window_seconds, window_tokens, prefix_start = await _drive(run, fleet, control)
             limit = spec.warmup + spec.window + timing.ttft_timeout + 1
             while True:  # polled: a first token does not call back
                 if run.drained() or run.now() >= limit:
@@ -296,8 +312,8 @@ async def run_open_loop(
         window_seconds=window_seconds,
         samples=tuple(run.samples),
         backend_ids=tuple(run.backends),
-        prefix_hits=sum(s["prefix_cache_hits"] for s in stats.values()),
-        prefix_queries=sum(s["prefix_cache_queries"] for s in stats.values()),
+        prefix_hits=_prefix_counts(stats)[0] - prefix_start[0],
+        prefix_queries=_prefix_counts(stats)[1] - prefix_start[1],
         preemptions=sum(s["preemptions"] for s in stats.values()),
         cpu=CpuUsage(
             wall_seconds=cpu1[3] - cpu0[3],
