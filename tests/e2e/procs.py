@@ -220,6 +220,23 @@ class GatewayProcess:
         self.proc.kill()
 
 
+def start_fake_backend(
+    processes: Processes, name: str, port: int, model: str, time_scale: float
+) -> Proc:
+    """``aigw fake-backend`` serving ``model`` on ``port``, once its ``/health`` answers."""
+    argv = [sys.executable, "-m", "aigw", "fake-backend", "--port", str(port)]
+    proc = processes.start(name, [*argv, "--model", model, "--time-scale", str(time_scale)])
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(answers, 20.0, f"{name} /health", interval_s=0.05)
+    return proc
+
+
 def start_gateways(
     processes: Processes, config: dict[str, Any], count: int, prefix: str = "gw"
 ) -> list[GatewayProcess]:

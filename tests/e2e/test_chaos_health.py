@@ -9,7 +9,6 @@ The other chaos tests (leases, Redis killed or hung) are in test_chaos.py.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from typing import Any
 
@@ -19,7 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import UPSTREAM_MODEL
 from tests.e2e.clients import MODEL, Result, chat, deployment
-from tests.e2e.procs import GatewayProcess, Proc, Processes, RedisServer, wait_until
+from tests.e2e.procs import (
+    GatewayProcess,
+    Proc,
+    Processes,
+    RedisServer,
+    start_fake_backend,
+)
 from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
@@ -29,30 +34,7 @@ PROBE = {"interval_s": 0.2, "timeout_s": 0.2, "rise": 2, "fall": 3}
 
 
 def start_backend(processes: Processes, name: str, port: int) -> Proc:
-    proc = processes.start(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "aigw",
-            "fake-backend",
-            "--port",
-            str(port),
-            "--model",
-            UPSTREAM_MODEL,
-            "--time-scale",
-            "0.01",
-        ],
-    )
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(answers, 20.0, f"{name} /health", interval_s=0.05)
-    return proc
+    return start_fake_backend(processes, name, port, UPSTREAM_MODEL, 0.01)
 
 
 def gateway_config(ports: list[int], *, kind: str, health: dict[str, Any], **state: Any) -> Any:

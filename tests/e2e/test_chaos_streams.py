@@ -15,7 +15,6 @@ config and /metrics helpers this one shares.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import UPSTREAM_MODEL
 from tests.e2e.clients import MODEL, until
-from tests.e2e.procs import GatewayProcess, Proc, Processes, wait_until
+from tests.e2e.procs import GatewayProcess, Proc, Processes, start_fake_backend
 from tests.e2e.test_chaos_health import KEY, attempts, gateway_config, metrics
 from tests.servers import free_port
 
@@ -43,18 +42,7 @@ SLACK_S = 0.05  # "at the kill", for bytes the gateway had already sent
 
 
 def start_backend(processes: Processes, name: str, port: int) -> Proc:
-    argv = [sys.executable, "-m", "aigw", "fake-backend", "--port", str(port)]
-    argv += ["--model", UPSTREAM_MODEL, "--time-scale", str(TIME_SCALE)]
-    proc = processes.start(name, argv)
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(answers, 20.0, f"{name} /health", interval_s=0.05)
-    return proc
+    return start_fake_backend(processes, name, port, UPSTREAM_MODEL, TIME_SCALE)
 
 
 @dataclass(slots=True)
