@@ -334,7 +334,8 @@ class TokensConfig(_Strict):
     encodings_dir: str | None = None
     encoding: str = "cl100k_base"
     # true: never fetch an encoding; without a local file, counts stay 4-chars-per-token
-    # estimates. false: fetch it once in the background at startup when no file is found.
+    # estimates. false: fetch it once in the background at startup when no file is found
+    # (and cache it: the next start finds the file).
     offline: bool = False
     # Output tokens reserved against TPM for a request that sets no max_tokens.
     default_max_tokens: int = Field(256, ge=0)

@@ -10,14 +10,14 @@ counter estimates one token per 4 characters (``TokenCounter.exact`` is False).
 Start-up. :func:`load_counter_async` (the app's lifespan) does not wait for the file to be
 parsed (~150 ms for cl100k_base here): the gateway accepts connections meanwhile, and a
 request that needs a count in that window waits for the parse, never gets an estimate.
-The parsed encoding holds ~40 MB, so it is loaded at start-up only when the config charges
-tokens (a key or model ``tpm``: every request then counts); otherwise on the first count
-(a prompt that may not fit a context window, or a ``tpm`` added by a reload), which waits
-for the parse once.
+The parsed encoding holds ~40 MB, so a local file is parsed at start-up only when the config
+charges tokens (a key or model ``tpm``: every request then counts); otherwise on the first
+count (a prompt that may not fit a context window, or a ``tpm`` added by a reload), which
+waits for the parse once. A file that cannot be read by then is treated as missing.
 
 Fetching. When there is no usable file, :func:`load_counter_async` starts one background fetch
-(at the same moment the file would have been loaded), unless ``tokens.offline`` is true: the
-file is downloaded (asynchronously, the whole fetch bounded by ``FETCH_TIMEOUT_S``), checked
+at start-up, whatever the config (a prompt that may not fit a window must not be routed on an
+estimate for the length of a download), unless ``tokens.offline`` is true: the file is downloaded (asynchronously, the whole fetch bounded by ``FETCH_TIMEOUT_S``), checked
 against its published sha256, written to tiktoken's cache so the next start finds it, and
 parsed in a worker thread (tiktoken's loader blocks). On success the same counter switches to
 exact counts; on failure it stays an estimate. Both outcomes are logged on ``aigw.tokens``.
@@ -151,7 +151,7 @@ class TokenCounter:
         unusable file is logged and treated as none (:meth:`without_file`)."""
         try:
             encoding = await asyncio.to_thread(_load_file, found, self.name)
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # OSError: gone since start-up (a tmp cleaner)
             log.warning("tiktoken encoding file %s is unusable: %s", found, exc)
             self.without_file(config, fetch, fetch_timeout_s)
             return
@@ -159,14 +159,9 @@ class TokenCounter:
         log.info("token counts are exact: tiktoken encoding %s from %s", self.name, found)
 
     def without_file(
-        self,
-        config: TokensConfig,
-        fetch: FetchEncoding | None,
-        fetch_timeout_s: float,
-        deferred: bool = False,
+        self, config: TokensConfig, fetch: FetchEncoding | None, fetch_timeout_s: float
     ) -> None:
-        """No usable local file: say so, and start the background fetch unless offline
-        (``deferred``: on the first count instead)."""
+        """No usable local file: say so, and start the background fetch unless offline."""
         log.warning(
             "tiktoken encoding %s not found (set tokens.encodings_dir or TIKTOKEN_CACHE_DIR); "
             "token counts are estimated at 1 token per %d characters",
@@ -176,15 +171,8 @@ class TokenCounter:
         if config.offline:
             log.info("tokens.offline is true: %s is not fetched; counts stay estimated", self.name)
             return
-
-        def start() -> None:
-            log.info("fetching tiktoken encoding %s in the background", self.name)
-            self.start_fetch(fetch, fetch_timeout_s)
-
-        if deferred:
-            self.defer(start)
-        else:
-            start()
+        log.info("fetching tiktoken encoding %s in the background", self.name)
+        self.start_fetch(fetch, fetch_timeout_s)
 
     @property
     def exact(self) -> bool:
@@ -336,18 +324,18 @@ async def load_counter_async(
     ``counter.load_task`` (cl100k_base: ~150 ms and ~40 MB, which start-up need not wait
     for); counting calls made meanwhile wait for it, so every count is exact. When there is
     no usable file and ``config.offline`` is false, the background fetch starts as
-    ``counter.fetch_task``. Not ``eager``: both start on the first count (or
-    ``counter.start_loading()``) instead of now. The caller owns the counter and ends with
-    ``await counter.aclose()``.
+    ``counter.fetch_task`` (it also caches the file, so the next start finds it). Not
+    ``eager``: the local file is parsed on the first count (or ``counter.start_loading()``)
+    instead of now. The caller owns the counter and ends with ``await counter.aclose()``.
     """
     counter = TokenCounter(None, config.encoding)
     found = _find_encoding_file(config.encoding, config.encodings_dir)
     if found is not None:
         counter.defer(functools.partial(counter.begin_load, found, config, fetch, fetch_timeout_s))
-    else:
-        counter.without_file(config, fetch, fetch_timeout_s, deferred=True)
-    if eager:
-        counter.start_loading()
+        if eager:
+            counter.start_loading()
+    else:  # fetched now whatever the config: requests never wait for a download
+        counter.without_file(config, fetch, fetch_timeout_s)
     return counter
 
 

@@ -419,17 +419,37 @@ async def test_start_loading_loads_a_lazy_counter_before_any_count() -> None:
 
 
 @needs_encodings
-async def test_a_lazy_counter_fetches_on_its_first_count_and_estimates_meanwhile(
+async def test_a_lazy_counter_without_a_file_still_fetches_at_once(
     no_local_encodings: Path,
 ) -> None:
+    """Only the parse of a local file waits for a count: a download would leave the first
+    prompts that may not fit a window routed on estimates, so it starts at start-up."""
     fetch = FakeFetch(cl100k_bytes())
     counter = await load_counter_async(TokensConfig(), eager=False, fetch=fetch)
-    assert counter.fetch_task is None and fetch.calls == []
-    assert await counter.count_async("hello world") == 3  # never waits for a fetch
     assert counter.fetch_task is not None
     assert await counter.fetch_task
     assert await counter.count_async("hello world") == 2
     assert fetch.calls == ["cl100k_base"]
+    await counter.aclose()
+
+
+@needs_encodings
+async def test_a_local_file_gone_before_the_first_count_is_treated_as_missing(
+    tmp_path: Path, no_local_encodings: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lazy: the file found at start-up is read on the first count, maybe days later; a tmp
+    cleaner may have removed it. That count gets an estimate (no error) and the fetch starts."""
+    assert SHARED is not None
+    kept = tmp_path / "cl100k_base.tiktoken"
+    shutil.copy(Path(SHARED) / "9b5ad71b2ce5302211f9c61530b329a4922fc6a4", kept)
+    fetch = FakeFetch(cl100k_bytes())
+    config = TokensConfig(encodings_dir=str(tmp_path))
+    counter = await load_counter_async(config, eager=False, fetch=fetch)
+    kept.unlink()
+    assert await counter.count_async("hello world") == 3  # an estimate, not a 500
+    assert "is unusable" in caplog.text
+    assert counter.fetch_task is not None and await counter.fetch_task
+    assert await counter.count_async("hello world") == 2
     await counter.aclose()
 
 

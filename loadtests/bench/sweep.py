@@ -143,6 +143,15 @@ def available_policies() -> tuple[str, ...]:
     return tuple(POLICIES)
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity: a container's or taskset's limit),
+    not the host's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity API on this platform
+        return os.cpu_count() or 1
+
+
 def machine_info() -> dict[str, Any]:
     model = ""
     try:
@@ -158,7 +167,7 @@ def machine_info() -> dict[str, Any]:
     except (ValueError, OSError):
         pass
     return {
-        "cpus": os.cpu_count(),
+        "cpus": usable_cpus(),
         "cpu_model": model,
         "memory_gib": round(memory / 2**30, 1),
         "python": platform.python_version(),
@@ -412,7 +421,7 @@ def _progress(s: RunSummary, straggler: StragglerReport | None) -> str:
         f"failed {s.failed_pct:.1f}%, cpu gw {s.cpu_pct['gateway']:.0f}% "
         f"loadgen {s.cpu_pct['loadgen']:.0f}% ({s.wall_seconds:.0f} s)"
     )
-    share = machine_share(s, os.cpu_count() or 1)
+    share = machine_share(s, usable_cpus())
     if share >= CPU_STARVED:
         line += f"; CPU-STARVED: {share:.0%} of the machine"
     if straggler is not None:
