@@ -109,9 +109,10 @@ class Booking:
         self._settled = True
         if usage is None:
             return
-        for charge in self._charges:
-            if charge.quota.unit == "tokens" and charge.amount != usage.total_tokens:
-                await self._limiter.reconcile(self._stamp, charge, usage.total_tokens)
+        actual = usage.total_tokens
+        tokens = [c for c in self._charges if c.quota.unit == "tokens" and c.amount != actual]
+        if tokens:  # the key's and the model's TPM: one round trip for both
+            await self._limiter.reconcile(self._stamp, tokens, actual)
 
     async def refund(self) -> None:
         """Undo every charge: the request cost nothing."""

@@ -130,10 +130,11 @@ class RateLimiter(Protocol):
         """
         ...
 
-    async def reconcile(self, stamp: Stamp, charge: Charge, actual: int) -> None:
-        """The reservation stamped ``stamp`` charged ``charge``; it really cost ``actual``.
+    async def reconcile(self, stamp: Stamp, charges: Sequence[Charge], actual: int) -> None:
+        """The reservation stamped ``stamp`` made ``charges``; each really cost ``actual``.
 
-        Adds ``actual - charge.amount`` to the bucket it was recorded in (up or down).
+        Adds ``actual - charge.amount`` to the bucket each was recorded in (up or down), all
+        in one step (one round trip to a shared store).
         """
         ...
 

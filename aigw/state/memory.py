@@ -110,10 +110,12 @@ class MemoryRateLimiter:
                 statuses.append(QuotaStatus(quota, remaining, window.reset_us(now) / 1e6))
         return LimitDecision(False, tuple(statuses), exceeded, retry_after)
 
-    async def reconcile(self, stamp: Stamp, charge: Charge, actual: int) -> None:
-        window = self._windows.get(charge.quota.key)
-        if window is not None and actual != charge.amount:
-            window.adjust(stamp, int(self._clock() * 1_000_000), actual - charge.amount)
+    async def reconcile(self, stamp: Stamp, charges: Sequence[Charge], actual: int) -> None:
+        now = int(self._clock() * 1_000_000)
+        for charge in charges:
+            window = self._windows.get(charge.quota.key)
+            if window is not None and actual != charge.amount:
+                window.adjust(stamp, now, actual - charge.amount)
 
     async def refund(self, stamp: Stamp, charges: Sequence[Charge]) -> None:
         now = int(self._clock() * 1_000_000)

@@ -71,9 +71,10 @@ class RedisRateLimiter:
         retry_after = None if retry_us < 0 else retry_us / 1e6
         return LimitDecision(False, statuses, charges[refused - 1].quota, retry_after)
 
-    async def reconcile(self, stamp: Stamp, charge: Charge, actual: int) -> None:
-        if actual != charge.amount:
-            await self._settle(stamp, [(charge.quota, actual - charge.amount)])
+    async def reconcile(self, stamp: Stamp, charges: Sequence[Charge], actual: int) -> None:
+        await self._settle(
+            stamp, [(c.quota, actual - c.amount) for c in charges if c.amount != actual]
+        )
 
     async def refund(self, stamp: Stamp, charges: Sequence[Charge]) -> None:
         await self._settle(stamp, [(c.quota, -c.amount) for c in charges if c.amount])

@@ -115,12 +115,12 @@ class ResilientRateLimiter:
         decision = await self._local.reserve(request_id, charges)
         return replace(decision, stamp=~decision.stamp) if decision.allowed else decision
 
-    async def reconcile(self, stamp: Stamp, charge: Charge, actual: int) -> None:
+    async def reconcile(self, stamp: Stamp, charges: Sequence[Charge], actual: int) -> None:
         if stamp < 0:
-            await self._local.reconcile(~stamp, charge, actual)
+            await self._local.reconcile(~stamp, charges, actual)
         elif not self._health.down:
             try:
-                await self._redis.reconcile(stamp, charge, actual)
+                await self._redis.reconcile(stamp, charges, actual)
             except StateUnavailableError as exc:
                 self._health.trip(exc)  # the charge stays as reserved until it ages out
 

@@ -77,7 +77,7 @@ async def test_random_traffic_never_exceeds_the_limit_in_any_window_and_nearly_f
             await limiter.refund(decision.stamp, [Charge(q, amount)])
         elif roll < 0.15:
             actual = rng.randint(0, amount)  # reconciled down (up would be real usage)
-            await limiter.reconcile(decision.stamp, Charge(q, amount), actual)
+            await limiter.reconcile(decision.stamp, [Charge(q, amount)], actual)
             kept.append((clock.now, actual))
         else:
             kept.append((clock.now, amount))

@@ -129,16 +129,28 @@ async def test_reconcile_replaces_the_amount_up_or_down(backend: Backend) -> Non
     charge = Charge(tpm, 90)
     r1 = await backend.limiter.reserve("r1", [charge])
     assert r1.allowed
-    await backend.limiter.reconcile(r1.stamp, charge, 30)
+    await backend.limiter.reconcile(r1.stamp, [charge], 30)
     decision = await backend.limiter.reserve("r2", [Charge(tpm, 60)])
     assert decision.allowed and decision.statuses[0].remaining == 10
-    await backend.limiter.reconcile(r1.stamp, Charge(tpm, 30), 50)  # up: nothing fits now
+    await backend.limiter.reconcile(r1.stamp, [Charge(tpm, 30)], 50)  # up: nothing fits now
     refused = await backend.limiter.reserve("r3", [Charge(tpm, 1)])
     assert not refused.allowed and refused.statuses[0].remaining == 0
-    await backend.limiter.reconcile(r1.stamp, Charge(tpm, 50), 40)
+    await backend.limiter.reconcile(r1.stamp, [Charge(tpm, 50)], 40)
     assert (await backend.limiter.reserve("r4", [Charge(tpm, 0)])).statuses[0].remaining == 0
-    await backend.limiter.reconcile(r1.stamp, Charge(tpm, 40), 0)
+    await backend.limiter.reconcile(r1.stamp, [Charge(tpm, 40)], 0)
     assert (await backend.limiter.reserve("r5", [Charge(tpm, 0)])).statuses[0].remaining == 40
+
+
+async def test_reconcile_settles_every_charge_of_a_reservation_in_one_call(
+    backend: Backend,
+) -> None:
+    key_tpm, model_tpm, rpm = quota("key-tpm", 100), quota("model-tpm", 200), quota("rpm", 9)
+    charges = [Charge(rpm, 1), Charge(key_tpm, 50), Charge(model_tpm, 50)]
+    r1 = await backend.limiter.reserve("r1", charges)
+    assert r1.allowed
+    await backend.limiter.reconcile(r1.stamp, charges[1:], 20)
+    probe = await backend.limiter.reserve("p", [Charge(q, 0) for q in (rpm, key_tpm, model_tpm)])
+    assert [s.remaining for s in probe.statuses] == [8, 80, 180]
 
 
 async def test_settling_an_unknown_quota_or_a_future_stamp_does_nothing(
@@ -146,10 +158,10 @@ async def test_settling_an_unknown_quota_or_a_future_stamp_does_nothing(
 ) -> None:
     tpm = quota("tpm", 100)
     r1 = await backend.limiter.reserve("r1", [Charge(tpm, 10)])
-    await backend.limiter.reconcile(r1.stamp, Charge(quota("never-charged", 100), 5), 50)
+    await backend.limiter.reconcile(r1.stamp, [Charge(quota("never-charged", 100), 5)], 50)
     await backend.limiter.refund(r1.stamp, [Charge(quota("never-charged", 100), 5)])
     later = r1.stamp + 10 * bucket_width_us(tpm.window_s)  # a bucket not reached yet
-    await backend.limiter.reconcile(later, Charge(tpm, 10), 90)
+    await backend.limiter.reconcile(later, [Charge(tpm, 10)], 90)
     await backend.limiter.refund(later, [Charge(tpm, 10)])
     probe = await backend.limiter.reserve("p", [Charge(tpm, 0)])
     assert probe.statuses[0].remaining == 90
@@ -161,7 +173,7 @@ async def test_settling_after_the_bucket_left_does_nothing(backend: Backend) -> 
     assert r1.allowed
     await asyncio.sleep(0.25)
     r2 = await backend.limiter.reserve("r2", [Charge(tpm, 20)])
-    await backend.limiter.reconcile(r1.stamp, Charge(tpm, 10), 90)
+    await backend.limiter.reconcile(r1.stamp, [Charge(tpm, 10)], 90)
     await backend.limiter.refund(r1.stamp, [Charge(tpm, 10)])  # r2's units stay
     probe = await backend.limiter.reserve("p", [Charge(tpm, 0)])
     assert probe.statuses[0].remaining == 80

@@ -42,7 +42,7 @@ async def test_another_instance_settles_a_reservation(redis_server: RedisServer)
         first, second = RedisRateLimiter(client, config), RedisRateLimiter(client, config)
         q = Quota("tpm", 100, "tokens")
         decision = await first.reserve("r1", [Charge(q, 80)])
-        await second.reconcile(decision.stamp, Charge(q, 80), 30)
+        await second.reconcile(decision.stamp, [Charge(q, 80)], 30)
         assert (await first.reserve("p", [Charge(q, 0)])).statuses[0].remaining == 70
         await second.refund(decision.stamp, [Charge(q, 30)])
         assert (await first.reserve("p", [Charge(q, 0)])).statuses[0].remaining == 100

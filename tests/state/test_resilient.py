@@ -60,7 +60,7 @@ async def test_local_mode_serves_from_memory_while_redis_is_stopped_then_goes_ba
         assert time.monotonic() - started < BOUND
         assert local.allowed and local.statuses[0].remaining == 1
         # Settling goes where the reservation was made, told by the stamp alone.
-        await shared.limiter.reconcile(local.stamp, Charge(quota, 2), 1)
+        await shared.limiter.reconcile(local.stamp, [Charge(quota, 2)], 1)
         assert (await shared.limiter.reserve("r3", [Charge(quota, 2)])).allowed
         started = time.monotonic()
         async with await shared.admission.acquire(ticket("a"), [P]):
