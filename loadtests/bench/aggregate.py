@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .stats import RunSummary
@@ -105,6 +105,9 @@ class PolicyAggregate:
     scenario: Scenario
     seeds: tuple[int, ...]
     figures: Mapping[str, Spread]  # FIGURES name -> spread; absent when no seed had a value
+    # output tokens per second of each seed's run: seeds share their schedule across
+    # policies, so comparing seed by seed removes the workload's own variation
+    tokens_by_seed: Mapping[int, float] = field(default_factory=dict)
 
     def get(self, figure: str) -> Spread | None:
         return self.figures.get(figure)
@@ -126,7 +129,8 @@ def aggregate(summaries: Iterable[RunSummary]) -> list[PolicyAggregate]:
             found = spread(getattr(r, name) for r in runs)
             if found is not None:
                 figures[name] = found
-        out.append(PolicyAggregate(policy, scenario, tuple(r.seed for r in runs), figures))
+        by_seed = {r.seed: r.output_tokens_per_s for r in runs}
+        out.append(PolicyAggregate(policy, scenario, tuple(r.seed for r in runs), figures, by_seed))
     return out
 
 
@@ -153,6 +157,10 @@ class ThroughputComparison:
     best_policy: str  # the policy with the highest median (may be the reference)
     best: float
     difference_pct: float  # 100 x (reference / best - 1): 0 or negative
+    # the other policy with the highest median, and 100 x (reference / it - 1) seed by seed
+    # (the seeds both ran); None without another policy or a common seed
+    rival: str | None = None
+    paired_pct: Spread | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +196,16 @@ def _throughput(ref: PolicyAggregate, rows: Sequence[PolicyAggregate]) -> Throug
     best, _, best_policy = max(ranked, key=lambda t: (t[0], t[1]))
     own = ref.median("output_tokens_per_s") or 0.0
     difference = 100.0 * (own / best - 1.0) if best > 0 else 0.0
-    return ThroughputComparison(own, best_policy, best, difference)
+    others = [r for r in rows if r is not ref]
+    if not others:
+        return ThroughputComparison(own, best_policy, best, difference)
+    rival = max(others, key=lambda r: r.median("output_tokens_per_s") or 0.0)
+    paired = spread(
+        100.0 * (tokens / rival.tokens_by_seed[seed] - 1.0)
+        for seed, tokens in ref.tokens_by_seed.items()
+        if rival.tokens_by_seed.get(seed)
+    )
+    return ThroughputComparison(own, best_policy, best, difference, rival.policy, paired)
 
 
 def _prefix(

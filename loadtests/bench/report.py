@@ -181,17 +181,23 @@ def comparison_lines(result: SweepResult, comparisons: list[ScenarioComparison])
             )
     lines += [
         "",
-        f"Throughput: {ref}'s median output tok/s against the best median of the scenario.",
+        f"Throughput: {ref}'s median output tok/s against the best median of the scenario; "
+        f"then, seed by seed (every policy of a seed ran the same schedule), {ref} against "
+        f"the best other policy: median [min{_TO}max] of the per-seed differences.",
         "",
-        f"| scenario | {ref} | best policy | best | {ref} vs best |",
-        "|---|---:|---|---:|---:|",
+        f"| scenario | {ref} | best policy | best | {ref} vs best | per seed, vs |",
+        "|---|---:|---|---:|---:|---|",
     ]
     for c in comparisons:
         t = c.throughput
         if t is not None:
+            per_seed = "-"
+            if t.paired_pct is not None and t.rival is not None:
+                d = t.paired_pct
+                per_seed = f"{d.median:+.1f}% [{d.low:+.1f}{_TO}{d.high:+.1f}] vs {t.rival}"
             lines.append(
                 f"| {scenario_key(c.scenario)} | {t.reference:.0f} | {t.best_policy} "
-                f"| {t.best:.0f} | {t.difference_pct:+.1f}% |"
+                f"| {t.best:.0f} | {t.difference_pct:+.1f}% | {per_seed} |"
             )
     prefix = [(c.scenario, c.prefix) for c in comparisons if c.prefix is not None]
     if prefix:

@@ -57,6 +57,35 @@ def test_aggregate_groups_by_policy_and_scenario_over_seeds() -> None:
     assert found["round-robin", False].get("prefix_hit_rate") == Spread(0.02, 0.02, 0.02, 1)
 
 
+def test_throughput_is_also_compared_seed_by_seed_with_the_best_other_policy() -> None:
+    """Seeds differ in their schedules by more than policies differ: the median of auto's
+    per-seed difference to the strongest other policy, with its spread."""
+    summaries = [
+        *[
+            run(policy="least-connections", seed=k, output_tokens_per_s=v)
+            for k, v in ((1, 5000.0), (2, 6000.0), (3, 7000.0))
+        ],
+        *[
+            run(policy="round-robin", seed=k, output_tokens_per_s=v)
+            for k, v in ((1, 4000.0), (2, 4500.0), (3, 5000.0))
+        ],
+        *[
+            run(policy="auto", seed=k, output_tokens_per_s=v)
+            for k, v in ((1, 5100.0), (2, 5940.0), (3, 7070.0))
+        ],
+    ]
+    [scenario] = compare(aggregate(summaries), {})
+    t = scenario.throughput
+    assert t is not None
+    assert t.best_policy == "least-connections" and t.difference_pct == pytest.approx(-1.0)
+    assert t.rival == "least-connections"
+    assert t.paired_pct is not None
+    assert (t.paired_pct.median, t.paired_pct.low, t.paired_pct.high) == pytest.approx(
+        (1.0, -1.0, 2.0)
+    )
+    assert t.paired_pct.n == 3
+
+
 def test_compare_gives_verdicts_ratios_and_throughput() -> None:
     summaries = [
         *runs("round-robin", [1.0, 1.2, 1.4], ttft_mean=0.3, output_tokens_per_s=6000.0),
