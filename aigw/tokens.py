@@ -17,9 +17,10 @@ waits for the parse once. A file that cannot be read by then is treated as missi
 
 Fetching. When there is no usable file, :func:`load_counter_async` starts one background fetch
 at start-up, whatever the config (a prompt that may not fit a window must not be routed on an
-estimate for the length of a download), unless ``tokens.offline`` is true: the file is downloaded (asynchronously, the whole fetch bounded by ``FETCH_TIMEOUT_S``), checked
-against its published sha256, written to tiktoken's cache so the next start finds it, and
-parsed in a worker thread (tiktoken's loader blocks). On success the same counter switches to
+estimate for the length of a download), unless ``tokens.offline`` is true: the file is
+downloaded (asynchronously, the whole fetch bounded by ``FETCH_TIMEOUT_S``), checked against
+its published sha256, written to tiktoken's cache so the next start finds it, and parsed in a
+worker thread (tiktoken's loader blocks). On success the same counter switches to
 exact counts; on failure it stays an estimate. Both outcomes are logged on ``aigw.tokens``.
 Requests never wait for the fetch.
 
@@ -106,12 +107,12 @@ class TokenCounter:
 
     def defer(self, start: Callable[[], None]) -> None:
         """Let the first count (or :meth:`start_loading`) call ``start``, which starts the
-        load of the encoding file or its fetch."""
+        parse of the local encoding file (:meth:`begin_load`)."""
         self._deferred = start
         self._unready = True
 
     def start_loading(self) -> None:
-        """Start the deferred load or fetch now, once; nothing when none is deferred."""
+        """Start the deferred load now, once; nothing when none is deferred."""
         start, self._deferred = self._deferred, None
         if start is not None:
             start()
