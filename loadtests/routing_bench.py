@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from loadtests.bench.capacity import CapacityFileError, load_capacities  # noqa: E402
 from loadtests.bench.report import markdown, write_reports  # noqa: E402
 from loadtests.bench.sweep import (  # noqa: E402
     ALL_POLICIES,
@@ -119,6 +120,14 @@ def parser() -> argparse.ArgumentParser:
         f"(default {BUDGET_PER_SEED:.0f} x the number of seeds)",
     )
     p.add_argument("--fleet", type=_csv, help="GPU profiles, e.g. h100,a100,l4 (default 2 of each)")
+    p.add_argument(
+        "--capacity-from",
+        type=Path,
+        metavar="ROUTING_JSON",
+        help="reuse the capacities an earlier sweep measured (its routing.json; same fleet and "
+        "time scale) instead of measuring them: the same arrival rates, so two commits or "
+        "variants compare run for run",
+    )
     return p
 
 
@@ -179,6 +188,13 @@ def build_config(args: argparse.Namespace) -> SweepConfig:
         config = replace(config, warmup=args.warmup)
     if args.time_scale is not None:
         config = replace(config, time_scale=args.time_scale)
+    if args.capacity_from is not None:
+        config = replace(config, capacity_from=args.capacity_from)
+        workloads = {s.workload for s in config.scenarios}
+        try:  # checked before any process starts
+            load_capacities(args.capacity_from, workloads, config.profiles, config.time_scale)
+        except CapacityFileError as exc:
+            raise SystemExit(f"--capacity-from: {exc}") from None
     return config
 
 

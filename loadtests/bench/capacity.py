@@ -13,8 +13,10 @@ case for its prefix cache), so W2's capacity is the one an ideal affinity router
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from .client import HttpTarget, Outcome, StreamClient
 from .fleet import Backend, Fleet, control_client
@@ -22,7 +24,14 @@ from .procs import self_cpu_seconds
 from .runner import CpuUsage, Timing
 from .workload import PlannedRequest, Schedule
 
-__all__ = ["Capacity", "fill_seconds", "measure_capacity", "saturating_concurrency"]
+__all__ = [
+    "Capacity",
+    "CapacityFileError",
+    "fill_seconds",
+    "load_capacities",
+    "measure_capacity",
+    "saturating_concurrency",
+]
 
 
 def saturating_concurrency(
@@ -64,6 +73,54 @@ class Capacity:
     mean_output: float  # of the workload's requests
     requests_per_s: float  # tokens_per_s / mean_output
     cpu: CpuUsage
+
+
+class CapacityFileError(ValueError):
+    """A ``--capacity-from`` report that cannot stand in for this sweep's measurement."""
+
+
+def load_capacities(
+    path: Path, workloads: Iterable[str], profiles: Sequence[str], time_scale: float
+) -> dict[str, Capacity]:
+    """The capacities measured by an earlier sweep (its ``routing.json``), for ``workloads``.
+
+    Each sweep measures capacity anew and derives every run's arrival rate from it; the
+    measurement itself varies by a few percent between invocations, so two invocations
+    (two commits, two variants) run different schedules unless they share one measurement.
+    The earlier sweep must have used the same fleet and time scale.
+    """
+    try:
+        report = json.loads(path.read_text())
+        config, stored = report["config"], report["capacities"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CapacityFileError(f"{path}: not a routing benchmark report ({exc})") from None
+    if list(config.get("profiles", [])) != list(profiles):
+        raise CapacityFileError(
+            f"{path}: measured on the fleet {config.get('profiles')}, this sweep's is "
+            f"{list(profiles)}"
+        )
+    if config.get("time_scale") != time_scale:
+        raise CapacityFileError(
+            f"{path}: measured at time scale {config.get('time_scale')}, this sweep's is "
+            f"{time_scale}"
+        )
+    out = {}
+    for workload in sorted(set(workloads)):
+        entry = stored.get(workload)
+        if entry is None:
+            raise CapacityFileError(f"{path}: no capacity measured for {workload}")
+        try:
+            out[workload] = Capacity(
+                workload=workload,
+                tokens_per_s=float(entry["tokens_per_s"]),
+                per_backend={str(k): float(v) for k, v in entry["per_backend"].items()},
+                mean_output=float(entry["mean_output"]),
+                requests_per_s=float(entry["requests_per_s"]),
+                cpu=CpuUsage(**entry["cpu"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CapacityFileError(f"{path}: capacity of {workload}: {exc}") from None
+    return out
 
 
 async def measure_capacity(

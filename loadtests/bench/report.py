@@ -291,7 +291,12 @@ def _header(result: SweepResult) -> list[str]:
         "such requests enter the TTFT percentiles at that value, a lower bound).",
         f"- Sweep wall time: {result.wall_seconds:.0f} s.",
         "",
-        "Measured capacity (every backend saturated directly, closed loop):",
+        (
+            "Measured capacity (every backend saturated directly, closed loop):"
+            if c.capacity_from is None
+            else f"Capacity (every backend saturated directly, closed loop), as measured by the "
+            f"sweep of `{c.capacity_from}` (reused, so that both ran the same arrival rates):"
+        ),
         "",
         "| workload | req/s | output tok/s | mean output tokens |",
         "|---|---:|---:|---:|",

@@ -25,7 +25,13 @@ from typing import Any
 
 import httpx
 
-from .capacity import Capacity, fill_seconds, measure_capacity, saturating_concurrency
+from .capacity import (
+    Capacity,
+    fill_seconds,
+    load_capacities,
+    measure_capacity,
+    saturating_concurrency,
+)
 from .client import HttpTarget
 from .fleet import UPSTREAM_MODEL, Fleet, FleetSpec
 from .gateway import MODEL, GatewayStartError, GatewayTiming, start_gateway
@@ -107,6 +113,9 @@ class SweepConfig:
     budget: float | None = None  # wall seconds (None: 900 per seed); later runs are skipped
     priming: Priming | None = field(default_factory=Priming)
     gateway_timing: GatewayTiming = field(default_factory=GatewayTiming)
+    # an earlier sweep's routing.json whose capacities this one reuses instead of measuring
+    # (same fleet and time scale): the same arrival rates, so the two compare run for run
+    capacity_from: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -192,7 +201,7 @@ def _capacity_plan(config: SweepConfig, workload: str) -> tuple[Schedule, dict[s
 
 
 def estimate_wall_seconds(config: SweepConfig) -> float:
-    workloads = {s.workload for s in config.scenarios}
+    workloads = {s.workload for s in config.scenarios} if config.capacity_from is None else ()
     capacity = sum(
         (_capacity_plan(config, w)[2] + config.capacity_window) * config.time_scale + 2.0
         for w in workloads
@@ -344,7 +353,16 @@ async def _measure_capacities(
     result: SweepResult,
     log: Callable[[str], None],
 ) -> None:
-    for workload in sorted({s.workload for s in config.scenarios}):
+    workloads = sorted({s.workload for s in config.scenarios})
+    if config.capacity_from is not None:
+        result.capacities.update(
+            load_capacities(config.capacity_from, workloads, config.profiles, config.time_scale)
+        )
+        note = f"capacities read from {config.capacity_from}, not measured by this sweep"
+        result.notes.append(note)
+        log(f"note: {note}")
+        return
+    for workload in workloads:
         schedule, concurrency, warmup = _capacity_plan(config, workload)
         capacity = await measure_capacity(
             fleet, schedule, concurrency, timing, warmup, config.capacity_window

@@ -5,11 +5,14 @@ Hand-built results (loadtests.bench.report, sweep, routing_bench's CLI): no proc
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from loadtests.bench.capacity import Capacity
+from loadtests.bench.capacity import Capacity, CapacityFileError, load_capacities
 from loadtests.bench.report import markdown, to_json
 from loadtests.bench.runner import CpuUsage
 from loadtests.bench.stats import RunSummary
@@ -207,3 +210,53 @@ def test_runs_that_used_most_of_the_machine_are_named_in_the_cpu_section() -> No
     )
     calm = lines_under(markdown(result_of([quiet], (1,))), "## CPU")
     assert not any("or more of the machine" in line for line in calm)
+
+
+def _saved_report(tmp_path: Path, profiles: tuple[str, ...] = ("h100", "l4")) -> Path:
+    """A routing.json as a sweep writes it, with the W1 capacity of ``result_of``."""
+    result = result_of([run(policy="auto")], (1,))
+    result.config = replace(result.config, profiles=profiles)
+    path = tmp_path / "routing.json"
+    path.write_text(json.dumps(to_json(result)))
+    return path
+
+
+def test_capacities_are_read_back_from_an_earlier_report(tmp_path: Path) -> None:
+    path = _saved_report(tmp_path)
+    [(name, capacity)] = load_capacities(path, ["W1"], ("h100", "l4"), 0.5).items()
+    assert name == "W1"
+    assert capacity == Capacity("W1", 9000.0, {"h100-0": 4500.0}, 340.0, 26.5, CpuUsage(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("workloads", "profiles", "scale", "problem"),
+    [
+        (["W1", "W3"], ("h100", "l4"), 0.5, "no capacity measured for W3"),
+        (["W1"], ("h100", "h100"), 0.5, "this sweep's is ['h100', 'h100']"),
+        (["W1"], ("h100", "l4"), 1.0, "measured at time scale 0.5, this sweep's is 1.0"),
+    ],
+)
+def test_capacities_from_another_fleet_or_workload_are_refused(
+    tmp_path: Path, workloads: list[str], profiles: tuple[str, ...], scale: float, problem: str
+) -> None:
+    path = _saved_report(tmp_path)
+    with pytest.raises(CapacityFileError, match=re.escape(f"{path}: ") + ".*" + re.escape(problem)):
+        load_capacities(path, workloads, profiles, scale)
+
+
+def test_capacity_from_option_checks_the_file_before_anything_starts(tmp_path: Path) -> None:
+    path = _saved_report(tmp_path, profiles=SweepConfig((), (), Path(".")).profiles)
+    config = build_config(parser().parse_args(["--workloads", "W1", "--capacity-from", str(path)]))
+    assert config.capacity_from == path
+    measuring = build_config(parser().parse_args(["--workloads", "W1"]))
+    # the capacity measurement's share of the estimate is gone
+    assert estimate_wall_seconds(config) < estimate_wall_seconds(measuring) - 5
+    text = markdown(replace(result_of([run(policy="auto")], (1,)), config=config))
+    assert f"as measured by the sweep of `{path}`" in text
+    assert "Measured capacity" not in text
+
+    (tmp_path / "junk.json").write_text("[]")
+    with pytest.raises(SystemExit, match=r"--capacity-from: .*junk\.json: not a routing benchmark"):
+        build_config(parser().parse_args(["--capacity-from", str(tmp_path / "junk.json")]))
+    with pytest.raises(SystemExit, match="no capacity measured for W3"):
+        build_config(parser().parse_args(["--workloads", "W3", "--capacity-from", str(path)]))
