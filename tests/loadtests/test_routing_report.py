@@ -212,6 +212,23 @@ def test_runs_that_used_most_of_the_machine_are_named_in_the_cpu_section() -> No
     assert not any("or more of the machine" in line for line in calm)
 
 
+def test_runs_whose_gateway_loop_was_saturated_are_named_in_the_cpu_section() -> None:
+    calm = run(seed=1, cpu_pct={"fleet": 30.0, "gateway": 69.0, "loadgen": 10.0})
+    bound = run(seed=2, cpu_pct={"fleet": 30.0, "gateway": 72.0, "loadgen": 10.0})  # 56% in all
+    cpu = lines_under(markdown(result_of([calm, bound], (1, 2))), "## CPU")
+    assert not any("or more of the machine" in line for line in cpu)
+    assert any(
+        line.startswith(
+            "- **1 of 2 runs had the gateway's event loop busy 70% or more of the time** "
+            "(auto W1/poisson/80% seed 2)"
+        )
+        for line in cpu
+    )
+    assert not any(
+        "event loop" in line for line in lines_under(markdown(result_of([calm], (1,))), "## CPU")
+    )
+
+
 def _saved_report(tmp_path: Path, profiles: tuple[str, ...] = ("h100", "l4")) -> Path:
     """A routing.json as a sweep writes it, with the W1 capacity of ``result_of``."""
     result = result_of([run(policy="auto")], (1,))
