@@ -22,7 +22,7 @@ from .aggregate import (
     compare,
     spread,
 )
-from .stats import CPU_STARVED, GATEWAY_BOUND, machine_share
+from .stats import CPU_STARVED, GATEWAY_BOUND, RunSummary, gateway_bound, machine_share
 from .sweep import ALL_POLICIES, SweepResult, scenario_key
 
 __all__ = ["markdown", "to_json", "write_reports"]
@@ -248,27 +248,28 @@ def cpu_lines(result: SweepResult) -> list[str]:
     )
     starved = [s for share, s in shares if share >= CPU_STARVED]
     if starved:
-        labels = ", ".join(
-            f"{s.policy} {s.workload}/{s.arrival}/{s.load:.0%} seed {s.seed}" for s in starved
-        )
+        labels = _run_labels(starved)
         out.append(
             f"- **{len(starved)} of {len(shares)} runs used {CPU_STARVED:.0%} or more of the "
             f"machine** ({labels}): their processes queued for a core, so their latencies and "
             "failures measure the machine as much as the policy; compare them only with runs "
             "as busy, or re-run on a bigger machine or with a larger `--time-scale`"
         )
-    bound = [s for s in result.summaries if s.cpu_pct["gateway"] >= 100.0 * GATEWAY_BOUND]
+    bound = [s for s in result.summaries if gateway_bound(s)]
     if bound:
-        labels = ", ".join(
-            f"{s.policy} {s.workload}/{s.arrival}/{s.load:.0%} seed {s.seed}" for s in bound
-        )
         out.append(
             f"- **{len(bound)} of {len(shares)} runs had the gateway's event loop busy "
-            f"{GATEWAY_BOUND:.0%} or more of the time** ({labels}): saturated through the "
-            "bursts, its own queueing is in their TTFTs; re-run them with a larger "
+            f"{GATEWAY_BOUND:.0%} or more of the time** ({_run_labels(bound)}): saturated "
+            "through the bursts, its own queueing is in their TTFTs; re-run them with a larger "
             "`--time-scale` before ranking policies on them"
         )
     return out
+
+
+def _run_labels(runs: list[RunSummary]) -> str:
+    return ", ".join(
+        f"{s.policy} {s.workload}/{s.arrival}/{s.load:.0%} seed {s.seed}" for s in runs
+    )
 
 
 def _seeds_text(result: SweepResult) -> str:

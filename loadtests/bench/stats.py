@@ -22,6 +22,7 @@ __all__ = [
     "GATEWAY_BOUND",
     "SLO",
     "RunSummary",
+    "gateway_bound",
     "machine_share",
     "percentile",
     "summarize",
@@ -93,6 +94,11 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def gateway_bound(summary: RunSummary) -> bool:
+    """Whether the run's gateway loop was busy ``GATEWAY_BOUND`` of the time or more."""
+    return summary.cpu_pct["gateway"] >= 100.0 * GATEWAY_BOUND
 
 
 def machine_share(summary: RunSummary, cores: int) -> float:

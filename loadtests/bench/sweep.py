@@ -37,7 +37,7 @@ from .fleet import UPSTREAM_MODEL, Fleet, FleetSpec
 from .gateway import MODEL, GatewayStartError, GatewayTiming, start_gateway
 from .procs import ChildProcesses
 from .runner import RunSpec, StragglerSpec, Timing, run_open_loop
-from .stats import CPU_STARVED, GATEWAY_BOUND, RunSummary, machine_share, summarize
+from .stats import CPU_STARVED, RunSummary, gateway_bound, machine_share, summarize
 from .straggler import StragglerReport, analyse_straggler
 from .workload import Priming, Schedule, build_schedule, prefix_profile
 
@@ -442,7 +442,7 @@ def _progress(s: RunSummary, straggler: StragglerReport | None) -> str:
     share = machine_share(s, usable_cpus())
     if share >= CPU_STARVED:
         line += f"; CPU-STARVED: {share:.0%} of the machine"
-    if s.cpu_pct["gateway"] >= 100.0 * GATEWAY_BOUND:
+    if gateway_bound(s):
         line += f"; GATEWAY-BOUND: its loop busy {s.cpu_pct['gateway']:.0f}% of the time"
     if straggler is not None:
         line += (
