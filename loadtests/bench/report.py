@@ -120,6 +120,46 @@ def _row(a: PolicyAggregate, suffix: str, ranged: bool, extra: list[str]) -> str
     return f"| {' | '.join(cells)} |"
 
 
+def _gpu_class(backend: str) -> str:
+    """``h100`` of the backend id ``h100-1`` (the fleet names backends profile-index)."""
+    return backend.rsplit("-", 1)[0]
+
+
+def placement_table(result: SweepResult) -> list[str]:
+    """Per (policy, scenario) and GPU class: requests in flight per engine over the window
+    and the class's share of the dispatches, medians over seeds."""
+    classes = list(dict.fromkeys(result.config.profiles))
+    groups: dict[tuple[Any, ...], list[RunSummary]] = {}
+    for s in result.summaries:
+        key = (s.straggler, s.workload, s.arrival, s.load, _rank(s.policy), s.policy)
+        groups.setdefault(key, []).append(s)
+    rows = [
+        "| policy | workload | arrivals | load | "
+        + " | ".join(f"{c}: in flight per engine (share)" for c in classes)
+        + " |",
+        "|---|---|---|---:|" + "---:|" * len(classes),
+    ]
+    for key in sorted(groups):
+        runs = groups[key]
+        cells = []
+        for c in classes:
+            per_engine, shares = [], []
+            for s in runs:
+                engines = [b for b in s.in_flight_mean if _gpu_class(b) == c]
+                if engines:
+                    per_engine.append(sum(s.in_flight_mean[b] for b in engines) / len(engines))
+                shares.append(sum(v for b, v in s.dispatch_share.items() if _gpu_class(b) == c))
+            held, share = spread(per_engine), spread(shares)
+            cells.append(
+                "-" if held is None or share is None else f"{held.median:.1f} ({share.median:.0%})"
+            )
+        first = runs[0]
+        suffix = _suffix(result, first.straggler)
+        head = [first.policy, first.workload, f"{first.arrival}{suffix}", f"{first.load:.0%}"]
+        rows.append(f"| {' | '.join([*head, *cells])} |")
+    return rows
+
+
 def straggler_table(result: SweepResult) -> list[str]:
     if not result.stragglers:
         return []
@@ -361,6 +401,19 @@ def markdown(result: SweepResult) -> str:
     if comparisons:
         ref = comparisons[0].reference
         lines += [f"## {ref} against the others", "", *comparison_lines(result, comparisons), ""]
+    if result.summaries:
+        lines += [
+            "## Where the fleet held its requests",
+            "",
+            "Per GPU class: requests in flight per engine, averaged over the measured window "
+            "(client side), and in brackets the class's share of the window's dispatches; "
+            "medians over seeds. At overload the fleet's throughput is the sum of each "
+            "engine's batch over its step time, so the split of the work between the classes "
+            "is what separates the policies' output tok/s.",
+            "",
+            *placement_table(result),
+            "",
+        ]
     if _multi_seed(result):
         lines += ["## Per-seed runs", "", *per_seed_table(result), ""]
     straggler = straggler_table(result)

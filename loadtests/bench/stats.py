@@ -87,6 +87,9 @@ class RunSummary:
     imbalance_mean: float | None  # mean over samples of max/mean in-flight across backends
     imbalance_max: float | None
     dispatch_share: dict[str, float]  # share of measured requests per backend
+    # requests in flight per backend, client side, averaged over the window's samples: where
+    # the fleet held its work (a throughput question: how full each engine's batch ran)
+    in_flight_mean: dict[str, float]
     cpu_pct: dict[str, float]  # % of one core over the run's wall time, per process group
     cpu_us_per_token: dict[str, float]  # CPU microseconds per output token received
     client_us_per_token: float | None
@@ -115,6 +118,14 @@ def _imbalance(samples: Sequence[Sequence[int]]) -> tuple[float | None, float | 
     if not ratios:
         return None, None
     return sum(ratios) / len(ratios), max(ratios)
+
+
+def _mean_in_flight(run: RunData) -> dict[str, float]:
+    samples = run.samples
+    return {
+        backend: sum(counts[i] for counts in samples) / len(samples) if samples else 0.0
+        for i, backend in enumerate(run.backend_ids)
+    }
 
 
 def summarize(run: RunData, slo: SLO = SLO()) -> RunSummary:
@@ -170,6 +181,7 @@ def summarize(run: RunData, slo: SLO = SLO()) -> RunSummary:
         imbalance_mean=imbalance_mean,
         imbalance_max=imbalance_max,
         dispatch_share=shares,
+        in_flight_mean=_mean_in_flight(run),
         cpu_pct={
             "fleet": 100.0 * run.cpu.fleet_seconds / wall,
             "gateway": 100.0 * run.cpu.gateway_seconds / wall,

@@ -35,6 +35,7 @@ _BASE: dict[str, Any] = {
     "imbalance_mean": 1.2,
     "imbalance_max": 2.0,
     "dispatch_share": {"h100-0": 0.5, "l4-0": 0.5},
+    "in_flight_mean": {"h100-0": 40.0, "l4-0": 10.0},
     "cpu_pct": {"fleet": 50.0, "gateway": 60.0, "loadgen": 20.0},
     "cpu_us_per_token": {"fleet": 40.0, "gateway": 55.0, "loadgen": 15.0},
     "client_us_per_token": 15.0,

@@ -67,6 +67,8 @@ async def test_tiny_sweep_reports_sane_numbers(tmp_path: Path) -> None:
         assert s.imbalance_mean is not None and s.imbalance_mean >= 1
         assert sum(s.dispatch_share.values()) == pytest.approx(1.0)
         assert s.dispatch_share["h100-0"] == pytest.approx(0.5, abs=0.1)  # round-robin
+        assert set(s.in_flight_mean) == {"h100-0", "l4-0"}
+        assert s.in_flight_mean["h100-0"] > 0 and s.in_flight_mean["l4-0"] > 0
         assert s.cpu_pct["loadgen"] > 0 and s.cpu_pct["gateway"] > 0
     [straggler] = result.stragglers
     assert straggler.backend == "h100-0" and straggler.factor == 3.0
@@ -78,6 +80,9 @@ async def test_tiny_sweep_reports_sane_numbers(tmp_path: Path) -> None:
     text = markdown.read_text()
     assert "| round-robin | W1 | poisson | 50% |" in text
     assert "## Straggler" in text
+    assert "| round-robin | W1 | poisson | 50% | " in "\n".join(
+        text.split("## Where the fleet held its requests", 1)[1].splitlines()[:12]
+    )
     assert "## Per-seed runs" not in text  # one seed: the runs are the main table
     report = json.loads(data.read_text())
     assert len(report["runs"]) == 2

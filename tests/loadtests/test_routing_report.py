@@ -104,6 +104,35 @@ def test_several_seeds_give_medians_spreads_and_per_seed_rows() -> None:
     assert "| W1/poisson/80% | 7100 | auto | 7100 | +0.0% |" in comparison
 
 
+def test_where_the_fleet_held_its_requests_is_reported_per_gpu_class() -> None:
+    # Two h100s averaging 50 and 70 in flight (60 per engine) on seed 1, 80 on seed 2: the
+    # median over seeds is 70; the l4 holds 10 and 30 (median 20).
+    held = [
+        (
+            {"h100-0": 50.0, "h100-1": 70.0, "l4-0": 10.0},
+            {"h100-0": 0.4, "h100-1": 0.5, "l4-0": 0.1},
+        ),
+        (
+            {"h100-0": 80.0, "h100-1": 80.0, "l4-0": 30.0},
+            {"h100-0": 0.4, "h100-1": 0.3, "l4-0": 0.3},
+        ),
+    ]
+    summaries = [
+        run(policy="auto", seed=seed, in_flight_mean=flights, dispatch_share=shares)
+        for seed, (flights, shares) in enumerate(held, 1)
+    ]
+    summaries.append(run(policy="least-connections", seed=1))
+    text = plain(markdown(result_of(summaries, (1, 2))))
+
+    table = lines_under(text, "## Where the fleet held its requests")
+    assert "| policy | workload | arrivals | load | h100: in flight per engine (share) " in text
+    assert "| auto | W1 | poisson | 80% | 70.0 (80%) | - | 20.0 (20%) |" in table
+    assert "| least-connections | W1 | poisson | 80% | 40.0 (50%) | - | 10.0 (50%) |" in table
+    # the policies in the main table's order
+    rows = [line for line in table if line.startswith(("| least-connections", "| auto"))]
+    assert [r.split(" | ")[0] for r in rows] == ["| least-connections", "| auto"]
+
+
 def test_json_keeps_every_run_with_its_seed_and_the_comparison() -> None:
     summaries = [
         run(policy=policy, seed=seed, workload="W2", ttft_p99=p99, prefix_hit_rate=hit)
