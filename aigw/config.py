@@ -146,6 +146,18 @@ class ProbeConfig(_Strict):
         return value
 
 
+class DecodeStepConfig(_Strict):
+    """A GPU engine's decode step time as a line in its running batch: ``base_ms +
+    per_seq_ms x running sequences`` (measured once per GPU type, model and engine settings,
+    e.g. the inter-token latency at two batch sizes). ``auto``'s ``throughput`` scorer reads
+    it: one more sequence adds ``base / step²`` output tokens per second to an engine, so it
+    can tell that a slow GPU with a small batch has more to give than a fast one with a large
+    batch (:mod:`aigw.policies.throughput`)."""
+
+    base_ms: PositiveFloat  # a step with an empty batch: one pass over the weights
+    per_seq_ms: float = Field(ge=0)  # what each running sequence adds to a step
+
+
 class DeploymentConfig(_Strict):
     id: str = Field(min_length=1)
     provider: str = "openai"
@@ -172,6 +184,16 @@ class DeploymentConfig(_Strict):
     lora_adapters: list[str] = Field(default_factory=list)  # adapters it can load on demand
     cost: CostConfig = Field(default_factory=lambda: CostConfig())
     health: ProbeConfig | None = None  # active probe; default: on for gpu, off for cloud
+    decode_step: DecodeStepConfig | None = None  # gpu only: step time against the batch
+
+    @model_validator(mode="after")
+    def _decode_step_on_gpu(self) -> DeploymentConfig:
+        if self.decode_step is not None and self.is_cloud:
+            raise ValueError(
+                "decode_step is for a gpu deployment with metrics_url: the running batch it "
+                "applies to comes from the engine's metrics"
+            )
+        return self
 
     @property
     def is_cloud(self) -> bool:

@@ -127,10 +127,11 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "auto",
-            "lowest predicted TTFT (prefix affinity credited), cloud spillover past the SLO",
+            "lowest predicted TTFT (prefix affinity credited) and most decode throughput "
+            "gained, cloud spillover past the SLO",
             "argmax",
             _auto,
-            {"ttft": 1.0},
+            {"ttft": 1.0, "throughput": 1.0},
             _AUTO_PARAMS,
         ),
     )

@@ -17,6 +17,7 @@ from aigw.policies.base import Scorer
 from aigw.policies.kit import ScorerKit, relative
 from aigw.policies.load import LoadEstimator
 from aigw.policies.predict import TtftScorer
+from aigw.policies.throughput import ThroughputScorer
 from aigw.policies.tuning import Tuning
 from aigw.types import RouteContext
 
@@ -167,4 +168,5 @@ SCORERS: dict[str, Callable[[ScorerKit], Scorer]] = {
     "cost": lambda kit: CostScorer(kit.tuning),
     "errors": lambda kit: ErrorRateScorer(),
     "ttft": lambda kit: TtftScorer(kit),
+    "throughput": lambda kit: ThroughputScorer(kit.loads),
 }

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import yaml
 
+from aigw.sim.profiles import get_profile
+
 from .fleet import UPSTREAM_MODEL, Backend
 from .procs import ChildProcesses, cpu_seconds
 
@@ -34,6 +36,9 @@ __all__ = [
 MODEL = "bench-llama"
 ADMIN_KEY = "bench-admin"  # a local benchmark gateway on 127.0.0.1 only
 ADMIN_HEADERS = {"authorization": f"Bearer {ADMIN_KEY}"}
+# Context tokens of a typical decoding sequence in W1/W3 (prompt ~160-200 plus half the
+# output): the attention share of each sequence's step cost in the deployments' decode_step.
+TYPICAL_CONTEXT = 350
 
 
 class GatewayStartError(RuntimeError):
@@ -65,6 +70,15 @@ def gateway_config(
     def wall(sim_seconds: float) -> float:
         return round(sim_seconds * time_scale, 6)
 
+    def decode_step(profile_name: str) -> dict[str, float]:
+        """The engine's step line as an operator would measure it for the config."""
+        profile = get_profile(profile_name)
+        per_seq = profile.decode_seq_s + profile.context_token_s * TYPICAL_CONTEXT
+        return {
+            "base_ms": round(wall(profile.step_base_s) * 1000.0, 6),
+            "per_seq_ms": round(wall(per_seq) * 1000.0, 6),
+        }
+
     deployments = [
         {
             "id": b.id,
@@ -72,6 +86,7 @@ def gateway_config(
             "base_url": f"{b.url}/v1",
             "model": UPSTREAM_MODEL,
             "metrics_url": f"{b.url}/metrics",
+            "decode_step": decode_step(b.profile),
             "timeouts": {
                 "connect": max(1.0, wall(5.0)),
                 "first_byte": wall(timing.first_byte_timeout),

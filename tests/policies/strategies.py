@@ -35,7 +35,15 @@ def fleets(
         extra["tags"] = draw(st.lists(st.sampled_from(["fast", "h100"]), unique=True))
         extra["lora_adapters"] = draw(st.lists(st.sampled_from(["sql"]), max_size=1))
         extra["context_window"] = draw(st.none() | st.integers(100, 30000))
-        specs.append(gpu(f"g{i}", **extra) if draw(st.booleans()) else cloud(f"c{i}", **extra))
+        if draw(st.booleans()):
+            if draw(st.booleans()):
+                extra["decode_step"] = {
+                    "base_ms": draw(st.floats(1, 100)),
+                    "per_seq_ms": draw(st.floats(0, 5)),
+                }
+            specs.append(gpu(f"g{i}", **extra))
+        else:
+            specs.append(cloud(f"c{i}", **extra))
     slo = draw(st.none() | st.floats(10, 5000))
     ceiling = draw(st.none() | st.floats(0, 20))
     model, deployments = fleet(*specs, slo_ttft_ms=slo, spillover={"max_cost_per_mtok": ceiling})

@@ -179,7 +179,13 @@ def test_extra_weights_join_the_prediction() -> None:
     assert picks("auto", model, deps, ctx) == {"paid": 20}
     spec = {"name": "auto", "weights": {"cost": 1}}
     assert picks(spec, model, deps, ctx) == {"free": 20}
-    assert set(deps[0].state.last_scores) == {"ttft", "cost", "total", "predicted_ttft_s"}
+    assert set(deps[0].state.last_scores) == {
+        "ttft",
+        "throughput",
+        "cost",
+        "total",
+        "predicted_ttft_s",
+    }
 
 
 def test_affinity_bias_keeps_a_cached_prompt_on_a_somewhat_slower_deployment() -> None:

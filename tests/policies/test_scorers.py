@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aigw.fleet.deployment import Deployment
 from aigw.policies.kit import ScorerKit, relative
 from aigw.policies.scorers import (
     SCORERS,
@@ -15,8 +16,9 @@ from aigw.policies.scorers import (
     QueueDepthScorer,
     RunningBatchScorer,
 )
+from aigw.policies.throughput import ThroughputScorer
 from aigw.policies.tuning import Tuning
-from tests.policies.conftest import cloud, fleet, gpus, request, scrape
+from tests.policies.conftest import cloud, fleet, gpu, gpus, request, scrape
 from tests.policies.strategies import fleets, requests
 
 KIT = ScorerKit.build(Tuning())
@@ -124,3 +126,62 @@ def test_every_scorer_gives_one_score_in_unit_interval_per_candidate(fm, ctx, na
     scores = SCORERS[name](ScorerKit.build(Tuning()))(deps, ctx)
     assert len(scores) == len(deps)
     assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+def _stepping(*lines: tuple[float, float] | None) -> list[Deployment]:
+    """GPU deployments, each with the decode step line (base_ms, per_seq_ms) given, or none."""
+    specs = [
+        gpu(f"g{i}")
+        if line is None
+        else gpu(f"g{i}", decode_step={"base_ms": line[0], "per_seq_ms": line[1]})
+        for i, line in enumerate(lines)
+    ]
+    return fleet(*specs)[1]
+
+
+def _throughput(deps: list[Deployment]) -> list[float]:
+    return ThroughputScorer(ScorerKit.build(Tuning()).loads)(deps, REQ)
+
+
+def test_throughput_prefers_the_engine_where_one_more_sequence_adds_most() -> None:
+    """A fast engine (6 ms + 0.3 ms/seq) running 100 and a slow one (45 ms + 1.4 ms/seq)
+    running 20: one more sequence adds 6/36.3² = 4.6 tokens/ms on the first, 45/74.4² = 8.1
+    on the second (base / step²). Idle, the fast one wins: 6/6.3² = 151 against 45/46.4² = 21."""
+    deps = _stepping((6.0, 0.3), (45.0, 1.4))
+    scrape(deps[0], running=100, kv=0.5)
+    scrape(deps[1], running=20, kv=0.5)
+    gain = [6.0 / (6.0 + 0.3 * 101) ** 2, 45.0 / (45.0 + 1.4 * 21) ** 2]
+    assert _throughput(deps) == pytest.approx([gain[0] / gain[1], 1.0])
+
+    scrape(deps[0], running=0)
+    scrape(deps[1], running=0)
+    scores = _throughput(deps)
+    assert scores[0] == 1.0 and scores[1] < 0.2
+
+
+def test_throughput_counts_the_gateways_dispatches_since_the_scrape() -> None:
+    deps = _stepping((10.0, 1.0), (10.0, 1.0))
+    scrape(deps[0], running=10, kv=0.2)
+    scrape(deps[1], running=10, kv=0.2)
+    deps[0].state.in_flight += 30  # sent since the scrape: its batch is 40 now
+    scores = _throughput(deps)
+    assert scores[1] == 1.0 and scores[0] < scores[1]
+
+
+def test_throughput_gives_nothing_for_an_engine_whose_batch_is_full() -> None:
+    deps = _stepping((10.0, 1.0), (10.0, 1.0))
+    scrape(deps[0], running=16, waiting=3, kv=1.0)  # full: the request would wait
+    scrape(deps[1], running=200, kv=0.9)
+    assert _throughput(deps) == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("missing", ["line", "metrics"])
+def test_throughput_has_no_opinion_without_a_line_and_fresh_metrics_for_everyone(
+    missing: str,
+) -> None:
+    deps = _stepping((10.0, 1.0), (10.0, 1.0), None if missing == "line" else (10.0, 1.0))
+    for d, running in zip(deps, [0, 50, 100], strict=True):
+        scrape(d, running=running, kv=0.3)
+    if missing == "metrics":
+        deps[2].state.engine_stale = True
+    assert _throughput(deps) == [1.0] * 3
