@@ -13,6 +13,14 @@ burst between scrapes spreads over the fleet instead of herding onto the engine 
 idle, and a request never waits in one engine's queue while another has a free slot unless
 the prefix it would reuse there saves more than the wait.
 
+The preset adds the ``throughput`` scorer at the same weight (:mod:`aigw.policies.throughput`):
+the output tokens/s one more sequence adds to each engine, from its configured decode step
+line. TTFT alone keeps a slow GPU's batch small (its prefill is slow), which at overload
+leaves output on the table; with both, such an engine takes work while its fixed step cost
+makes one more sequence worth more there than on a fast engine already running a large
+batch. Without a ``decode_step`` on every candidate the scorer has no opinion and the
+ranking is the TTFT's. ``weights: {throughput: 0}`` turns it off.
+
 Spillover: when a model has GPU candidates (``not config.is_cloud``), cloud candidates are
 eligible only while *every* GPU candidate's predicted TTFT exceeds the model's
 ``slo_ttft_ms`` (with ``spillover.enabled``, and only clouds whose price for this request is

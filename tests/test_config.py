@@ -238,3 +238,21 @@ def test_retry_settings_and_their_defaults() -> None:
         assert f"retry.{field}" in found
     raw["retry"] = {"backoff_base_s": 2, "backoff_max_s": 1}
     assert "backoff_max_s (1) must be at least backoff_base_s (2)" in "\n".join(problems(raw))
+
+
+def test_decode_step_is_a_gpu_deployments_line() -> None:
+    line = {"base_ms": 6.0, "per_seq_ms": 0.3}
+    gpu = parse_config(minimal(metrics_url="http://127.0.0.1:9001/metrics", decode_step=line))
+    step = gpu.models[0].deployments[0].decode_step
+    assert step is not None and (step.base_ms, step.per_seq_ms) == (6.0, 0.3)
+
+    [problem] = problems(minimal(decode_step=line))  # no metrics_url: a cloud deployment
+    assert problem.startswith("gw.yaml: models[0].deployments[0]")
+    assert "decode_step is for a gpu deployment with metrics_url" in problem
+
+    [problem] = problems(
+        minimal(
+            metrics_url="http://127.0.0.1:9001/metrics", decode_step={"base_ms": 0, "per_seq_ms": 1}
+        )
+    )
+    assert "decode_step.base_ms" in problem and "greater than 0" in problem

@@ -64,6 +64,16 @@ class GpuProfile:
             + self.context_token_s * context_tokens
         )
 
+    def decode_step(self, context_tokens: float, time_scale: float = 1.0) -> dict[str, float]:
+        """The ``decode_step`` config line of a deployment on this GPU, as an operator would
+        measure it, for sequences of ``context_tokens`` (their attention is part of each
+        sequence's cost): milliseconds at ``time_scale`` (wall seconds per simulated one)."""
+        per_seq = self.decode_seq_s + self.context_token_s * context_tokens
+        return {
+            "base_ms": round(self.step_base_s * time_scale * 1000.0, 6),
+            "per_seq_ms": round(per_seq * time_scale * 1000.0, 6),
+        }
+
 
 PROFILES: dict[str, GpuProfile] = {
     "h100": GpuProfile("h100", 6.0e-3, 0.06e-3, 0.30e-3, 0.05e-6, 256, 8192, 8192),

@@ -70,15 +70,6 @@ def gateway_config(
     def wall(sim_seconds: float) -> float:
         return round(sim_seconds * time_scale, 6)
 
-    def decode_step(profile_name: str) -> dict[str, float]:
-        """The engine's step line as an operator would measure it for the config."""
-        profile = get_profile(profile_name)
-        per_seq = profile.decode_seq_s + profile.context_token_s * TYPICAL_CONTEXT
-        return {
-            "base_ms": round(wall(profile.step_base_s) * 1000.0, 6),
-            "per_seq_ms": round(wall(per_seq) * 1000.0, 6),
-        }
-
     deployments = [
         {
             "id": b.id,
@@ -86,7 +77,7 @@ def gateway_config(
             "base_url": f"{b.url}/v1",
             "model": UPSTREAM_MODEL,
             "metrics_url": f"{b.url}/metrics",
-            "decode_step": decode_step(b.profile),
+            "decode_step": get_profile(b.profile).decode_step(TYPICAL_CONTEXT, time_scale),
             "timeouts": {
                 "connect": max(1.0, wall(5.0)),
                 "first_byte": wall(timing.first_byte_timeout),

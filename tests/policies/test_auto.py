@@ -265,3 +265,36 @@ def test_a_burst_of_long_prompts_between_scrapes_is_spread_by_prefill_backlog() 
 
     assert burst(backlog=False) == ["g0"] * 4
     assert burst(backlog=True) == ["g0", "g1", "g0", "g1"]
+
+
+@pytest.mark.parametrize(
+    ("lines", "spec", "chosen"),
+    [
+        (True, "auto", "slow"),
+        (False, "auto", "fast"),
+        (True, {"name": "auto", "weights": {"throughput": 0}}, "fast"),
+    ],
+    ids=["decode steps known", "unknown", "throughput weight 0"],
+)
+def test_a_slow_engine_with_a_small_batch_gets_work_when_it_adds_more_throughput(
+    lines: bool, spec: Any, chosen: str
+) -> None:
+    """An h100-like engine running 100 (6 ms + 0.3 ms/seq, a 36 ms step) is ~30% quicker to
+    a first token than an l4-like one running 20 (45 ms + 1.4 ms/seq, a 74 ms step), but one
+    more sequence adds 45/74.4² = 8.1 tokens/ms there against 4.6 on the h100. auto weighs
+    both when the deployments' decode_step lines are configured; without them, TTFT alone."""
+    steps = [{"base_ms": 6.0, "per_seq_ms": 0.3}, {"base_ms": 45.0, "per_seq_ms": 1.4}]
+    model, deps = fleet(
+        *(
+            gpu(name, **({"decode_step": step} if lines else {}))
+            for name, step in zip(("fast", "slow"), steps, strict=True)
+        )
+    )
+    for d, running, tpot in ((deps[0], 100, 0.036), (deps[1], 20, 0.074)):
+        scrape(d, running=running, kv=0.5)
+        d.state.tpot.add(tpot)
+    assert picks(spec, model, deps, request(prompt_tokens=100)) == {chosen: 20}
+    fast, slow = (d.state.last_scores for d in deps)
+    assert fast["predicted_ttft_s"] < slow["predicted_ttft_s"]
+    if chosen == "slow":
+        assert fast["throughput"] < slow["throughput"] == 1.0
