@@ -154,6 +154,7 @@ class AutoPolicy:
                     if i not in kept:
                         d.state.last_scores = {"predicted_ttft_s": predictions[i], "eligible": 0.0}
                 chosen = [candidates[i] for i in keep]
+                kit.loads.narrow(chosen, keep)
                 predictions = [predictions[i] for i in keep]
                 observed = [observed[i] for i in keep]
                 overlaps = [overlaps[i] for i in keep]

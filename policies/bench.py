@@ -41,6 +41,10 @@ def build_fleet(rng: random.Random) -> tuple[ModelConfig, list[Deployment], Rout
             "max_concurrency": 256,
             "context_window": 32768,
             "weight": 1 + i % 3,
+            # h100-like and l4-like decode step lines: auto's throughput scorer runs in full
+            "decode_step": {"base_ms": 6.0, "per_seq_ms": 0.32}
+            if i % 2
+            else {"base_ms": 45.0, "per_seq_ms": 1.4},
         }
         for i in range(GPUS)
     ]

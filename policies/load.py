@@ -109,6 +109,15 @@ class LoadEstimator:
         self._candidates = None
         self._loads = []
 
+    def narrow(self, candidates: Sequence[Deployment], keep: Sequence[int]) -> None:
+        """Within a decision, the policy kept ``candidates`` (``keep``: their indices in the
+        list the loads were estimated for): remember their loads under the new list, so the
+        scorers that see it reuse them instead of estimating again."""
+        if self._active and self._candidates is not None:
+            loads = self._loads
+            self._candidates = candidates
+            self._loads = [loads[i] for i in keep]
+
     def loads(self, candidates: Sequence[Deployment]) -> list[Load]:
         if self._active and candidates is self._candidates:
             return self._loads

@@ -23,6 +23,9 @@ def weighted_totals(columns: Sequence[Sequence[float]], weights: Sequence[float]
     if len(columns) == 1:
         weight = weights[0]
         return list(columns[0]) if weight == 1.0 else [weight * v for v in columns[0]]
+    if len(columns) == 2:  # auto's default (ttft, throughput): one pass, no zero list
+        first, second = weights
+        return [first * a + second * b for a, b in zip(columns[0], columns[1], strict=True)]
     totals = [0.0] * len(columns[0])
     for column, weight in zip(columns, weights, strict=True):
         totals = [t + weight * v for t, v in zip(totals, column, strict=True)]

@@ -44,6 +44,8 @@ class ThroughputScorer:
         self._loads = loads
 
     def __call__(self, candidates: Sequence[Deployment], ctx: RouteContext) -> list[float]:
+        if len(candidates) < 2:  # nothing to choose between
+            return [1.0] * len(candidates)
         loads = self._loads.loads(candidates)
         costs: list[float | None] = []  # seconds per added token/s; None: it would queue
         for deployment, load in zip(candidates, loads, strict=True):

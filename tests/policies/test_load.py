@@ -115,3 +115,18 @@ def test_a_batch_limit_without_kv_reading_is_the_capacity() -> None:
     assert estimate_load(d, TUNING).capacity == 8
     d.state.engine_stale = True
     assert estimate_load(d, TUNING).capacity == 8
+
+
+def test_loads_narrowed_within_a_decision_are_reused_not_estimated_again() -> None:
+    _, deps = gpus(3)
+    for d, running in zip(deps, [1, 2, 3], strict=True):
+        scrape(d, running=running, kv=0.1)
+    loads = LoadEstimator(Tuning())
+    loads.begin()
+    every = loads.loads(deps)
+    kept = [deps[0], deps[2]]
+    loads.narrow(kept, [0, 2])
+    deps[2].state.in_flight += 5  # not seen: the decision's estimates stand
+    assert loads.loads(kept) == [every[0], every[2]]
+    loads.end()
+    assert loads.loads(kept)[1].running == 8.0  # outside a decision: current state
