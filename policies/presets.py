@@ -74,9 +74,10 @@ def _auto(settings: PolicySettings, model: ModelConfig, rng: random.Random) -> P
     kit = ScorerKit.build(settings.tuning)
     weights = dict(settings.weights)
     ttft = weights.pop("ttft", 0.0)
+    throughput = weights.pop("throughput", 0.0)
     extra = [(SCORERS[name](kit), weight) for name, weight in weights.items()]
     picker = PICKERS[settings.picker](rng, settings.tuning)
-    return AutoPolicy(kit, Spillover.from_model(model), ttft, extra, picker)
+    return AutoPolicy(kit, Spillover.from_model(model), ttft, throughput, extra, picker)
 
 
 PRESETS: dict[str, Preset] = {

@@ -44,14 +44,19 @@ class ThroughputScorer:
         self._loads = loads
 
     def __call__(self, candidates: Sequence[Deployment], ctx: RouteContext) -> list[float]:
+        scores = self.scores(candidates)
+        return [1.0] * len(candidates) if scores is None else scores
+
+    def scores(self, candidates: Sequence[Deployment]) -> list[float] | None:
+        """The scores, or None when the scorer has no opinion (see the module doc)."""
         if len(candidates) < 2:  # nothing to choose between
-            return [1.0] * len(candidates)
+            return None
         loads = self._loads.loads(candidates)
         costs: list[float | None] = []  # seconds per added token/s; None: it would queue
         for deployment, load in zip(candidates, loads, strict=True):
             line = deployment.config.decode_step
             if line is None or not load.fresh:
-                return [1.0] * len(candidates)
+                return None
             batch = load.running + load.waiting + 1.0
             if batch > load.capacity:
                 costs.append(None)
@@ -60,6 +65,6 @@ class ThroughputScorer:
                 costs.append(step * step / line.base_ms)
         present = [c for c in costs if c is not None]
         if not present:
-            return [1.0] * len(candidates)
+            return None
         best = min(present)
         return [0.0 if c is None else best / c for c in costs]

@@ -298,3 +298,30 @@ def test_a_slow_engine_with_a_small_batch_gets_work_when_it_adds_more_throughput
     assert fast["predicted_ttft_s"] < slow["predicted_ttft_s"]
     if chosen == "slow":
         assert fast["throughput"] < slow["throughput"] == 1.0
+
+
+def test_the_throughput_column_credits_the_engine_holding_the_conversation() -> None:
+    """Two equal engines (6 ms + 0.3 ms/seq); the one holding the conversation's history runs
+    120 sequences, the other 20: one more sequence adds (12.3/42.3)² = 0.085 as much on the
+    busy one. For the conversation's next turn that gain is divided by 1 - affinity_bias x
+    overlap (0.2 for a fully cached prefix: the turn saves the fleet its prefill), as the
+    TTFT column's prediction is multiplied by it; a prompt nothing was sent before is not
+    discounted."""
+    line = {"base_ms": 6.0, "per_seq_ms": 0.3}
+    model, deps = fleet(gpu("cached", decode_step=line), gpu("light", decode_step=line))
+    cached, light = deps
+    scrape(cached, running=120, kv=0.5)
+    scrape(light, running=20, kv=0.5)
+    for d in deps:
+        d.state.tpot.add(0.03)
+    cached.state.prefixes.add(BLOCKS)
+    raw = (12.3 / 42.3) ** 2
+
+    fresh = request(prompt_tokens=2000, prefix_blocks=tuple(b + 100 for b in BLOCKS))
+    assert picks("auto", model, deps, fresh) == {"light": 20}
+    assert cached.state.last_scores["throughput"] == pytest.approx(raw)
+
+    turn = request(prompt_tokens=2000, prefix_blocks=BLOCKS)
+    assert picks("auto", model, deps, turn) == {"cached": 20}
+    assert cached.state.last_scores["throughput"] == pytest.approx(raw / 0.2)
+    assert light.state.last_scores["throughput"] == 1.0
