@@ -15,9 +15,6 @@ DEMO_MODEL = "llama-3-8b"
 UPSTREAM_MODEL = "meta-llama/Meta-Llama-3-8B-Instruct"
 # Three GPUs of different speeds and KV-cache sizes, as in a real mixed fleet.
 PROFILES = ("h100", "a100", "l4")
-# Context tokens of a typical decoding sequence (a chat turn and its reply), for the decode
-# step lines the deployments are configured with.
-TYPICAL_CONTEXT = 350
 
 
 async def run_demo(host: str, port: int, admin_key: str | None = None) -> None:
@@ -34,7 +31,7 @@ async def run_demo(host: str, port: int, admin_key: str | None = None) -> None:
                 "base_url": f"http://127.0.0.1:{backend_port}/v1",
                 "model": UPSTREAM_MODEL,
                 "metrics_url": f"http://127.0.0.1:{backend_port}/metrics",
-                "decode_step": get_profile(profile).decode_step(TYPICAL_CONTEXT),
+                "decode_step": get_profile(profile).decode_step(),
             }
         )
     raw: dict[str, object] = {"models": [{"name": DEMO_MODEL, "deployments": deployments}]}

@@ -16,8 +16,8 @@ the prefix it would reuse there saves more than the wait.
 The preset adds a ``throughput`` column at the same weight (:mod:`aigw.policies.throughput`):
 the output tokens/s one more sequence adds to each engine, from its configured decode step
 line, divided by ``1 - affinity_bias x`` the observed overlap as the TTFT column's
-prediction is multiplied by it (a hit saves the fleet the prefill). TTFT alone keeps a slow GPU's batch small (its prefill is slow), which at overload
-leaves output on the table; with both, such an engine takes work while its fixed step cost
+prediction is multiplied by it (a hit saves the fleet the prefill). TTFT alone keeps a slow
+GPU's batch small (its prefill is slow), which at overload leaves output on the table; with both, such an engine takes work while its fixed step cost
 makes one more sequence worth more there than on a fast engine already running a large
 batch. Without a ``decode_step`` on every candidate the scorer has no opinion and the
 ranking is the TTFT's. ``weights: {throughput: 0}`` turns it off.

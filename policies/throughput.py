@@ -1,7 +1,8 @@
 """The fleet's decode throughput: where one more sequence adds the most output tokens/s.
 
 An engine running ``b`` sequences with step time ``step(b) = base + per_seq x b`` (its
-``decode_step`` in the deployment config: :class:`~aigw.config.DecodeStepConfig`) emits ``b / step(b)`` tokens per second. One more sequence adds
+``decode_step`` in the deployment config: :class:`~aigw.config.DecodeStepConfig`) emits
+``b / step(b)`` tokens per second. One more sequence adds
 ``d/db (b / step(b)) = base / step(b)²``: a lot on an engine whose step is mostly its fixed
 cost (a small batch, or a slow GPU whose weight pass dominates), little on one already
 running a large batch. Sending each request where that gain is largest is what keeps a
@@ -52,7 +53,7 @@ class ThroughputScorer:
         if len(candidates) < 2:  # nothing to choose between
             return None
         loads = self._loads.loads(candidates)
-        costs: list[float | None] = []  # seconds per added token/s; None: it would queue
+        costs: list[float | None] = []  # step² / base, the inverse gain; None: it would queue
         for deployment, load in zip(candidates, loads, strict=True):
             line = deployment.config.decode_step
             if line is None or not load.fresh:

@@ -41,6 +41,10 @@ __all__ = ["BLOCK_SIZE", "PROFILES", "GpuProfile", "get_profile"]
 BLOCK_SIZE = 16
 """Tokens per KV-cache block (vLLM's default block size)."""
 
+TYPICAL_CONTEXT = 350
+"""Context tokens of a typical decoding sequence (a chat turn of ~160-200 prompt tokens plus
+half its reply): the attention share of each sequence's cost in :meth:`GpuProfile.decode_step`."""
+
 
 @dataclass(frozen=True, slots=True)
 class GpuProfile:
@@ -64,7 +68,9 @@ class GpuProfile:
             + self.context_token_s * context_tokens
         )
 
-    def decode_step(self, context_tokens: float, time_scale: float = 1.0) -> dict[str, float]:
+    def decode_step(
+        self, context_tokens: float = TYPICAL_CONTEXT, time_scale: float = 1.0
+    ) -> dict[str, float]:
         """The ``decode_step`` config line of a deployment on this GPU, as an operator would
         measure it, for sequences of ``context_tokens`` (their attention is part of each
         sequence's cost): milliseconds at ``time_scale`` (wall seconds per simulated one)."""

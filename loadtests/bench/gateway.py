@@ -36,9 +36,6 @@ __all__ = [
 MODEL = "bench-llama"
 ADMIN_KEY = "bench-admin"  # a local benchmark gateway on 127.0.0.1 only
 ADMIN_HEADERS = {"authorization": f"Bearer {ADMIN_KEY}"}
-# Context tokens of a typical decoding sequence in W1/W3 (prompt ~160-200 plus half the
-# output): the attention share of each sequence's step cost in the deployments' decode_step.
-TYPICAL_CONTEXT = 350
 
 
 class GatewayStartError(RuntimeError):
@@ -77,7 +74,7 @@ def gateway_config(
             "base_url": f"{b.url}/v1",
             "model": UPSTREAM_MODEL,
             "metrics_url": f"{b.url}/metrics",
-            "decode_step": get_profile(b.profile).decode_step(TYPICAL_CONTEXT, time_scale),
+            "decode_step": get_profile(b.profile).decode_step(time_scale=time_scale),
             "timeouts": {
                 "connect": max(1.0, wall(5.0)),
                 "first_byte": wall(timing.first_byte_timeout),
