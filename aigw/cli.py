@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -86,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=9001)
-    from aigw.sim.server import add_arguments
+    from aigw.sim.settings import add_arguments  # not aigw.sim.server: every command parses this
 
     add_arguments(fake)
     fake.set_defaults(run=_fake_backend)
@@ -116,6 +117,7 @@ def _uvicorn_options() -> dict[str, object]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    gc.disable()  # for the start-up only: aigw.serving.settle_heap turns it back on
     from aigw.configfile import load_config
     from aigw.serving import bind
 

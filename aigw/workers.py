@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import shutil
@@ -84,6 +85,7 @@ class Supervisor:
         try:
             for index in range(self._count):
                 self._spawn(index)
+            gc.enable()  # off for ``aigw serve``'s start-up; each worker's settle_heap turns its own on
             log.info(
                 "aigw supervisor (pid %d): %d workers on %s",
                 os.getpid(),
