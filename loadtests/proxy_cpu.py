@@ -232,12 +232,13 @@ def measure(
             url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
             run_wrk(url, script, 3, connections)  # warm up pools and caches
             spy = None
-            if args.profile and server == "aigw":
+            if args.profile and server in ("aigw", "bare"):
                 spy = subprocess.Popen(
                     [
                         str(_beside_python("py-spy")),
                         *("record", "-p", str(gateway.pid), "-d", str(args.seconds)),
-                        *("-r", "200", "-f", "raw", "-o", args.profile, "--nonblocking"),
+                        *("-r", "200", "-f", "raw", "--nonblocking"),
+                        *("-o", args.profile + (".bare" if server == "bare" else "")),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -303,7 +304,8 @@ def main() -> int:
     parser.add_argument(
         "--profile",
         metavar="FILE",
-        help="also sample the gateway with py-spy during the measured run (collapsed stacks)",
+        help="also sample the gateway with py-spy during the measured run (collapsed stacks; "
+        "with --vs-bare, the bare proxy's go to FILE.bare)",
     )
     parser.add_argument(
         "--vs-bare",
