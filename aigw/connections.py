@@ -18,6 +18,9 @@ subclasses that protocol (rather than adding middleware: the problems lie below 
   disconnect, which cancels the upstream request and releases its slot.
 - ``max_connections``: connections beyond this are answered with 503 and closed at once.
 
+It also tells each request when its client is gone (:class:`Disconnect`, offered in the ASGI
+scope), so that the app needs no task per request waiting on ``receive()`` for it.
+
 Deadlines are not timers per request: one sweep per server per ``sweep_interval_s`` checks the
 timestamps each connection keeps, so a request pays two clock reads and a few attribute writes,
 and a deadline fires up to one sweep interval late.
@@ -37,7 +40,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from aigw.errors import GatewayError, InvalidRequestError, ServiceUnavailableError
 
-__all__ = ["ConnectionGuard", "ConnectionLimits"]
+__all__ = ["DISCONNECT_EXTENSION", "ConnectionGuard", "ConnectionLimits", "Disconnect"]
 
 log = logging.getLogger("aigw.connections")
 
@@ -55,6 +58,46 @@ class ConnectionLimits:
     body_timeout_s: float = 30.0
     send_timeout_s: float = 30.0
     sweep_interval_s: float = 1.0
+
+
+DISCONNECT_EXTENSION = "aigw.disconnect"
+"""A request's :class:`Disconnect` is ``scope["extensions"][DISCONNECT_EXTENSION]["signal"]``
+(ASGI extensions are dicts)."""
+
+
+class Disconnect:
+    """Cancels a request's task when its client's connection is lost.
+
+    An ASGI app otherwise learns of a lost client by awaiting ``receive()`` until it returns
+    ``http.disconnect``: one more task per request, created, woken and cancelled, only to
+    wait. The protocol sees the loss itself (``connection_lost``), so it offers each request
+    one of these in the scope (:data:`DISCONNECT_EXTENSION`): the app arms it with its task
+    while the client matters and disarms it after; a loss while armed cancels the task
+    (``cut`` then tells that cancellation from any other), a loss before is only noted
+    (``lost``). The same losses as ``http.disconnect``: the connection closed or reset before
+    the response was complete.
+    """
+
+    __slots__ = ("_task", "cut", "lost")
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[Any] | None = None
+        self.lost = False  # the connection went before the response was complete
+        self.cut = False  # the armed task was cancelled for it
+
+    def arm(self, task: asyncio.Task[Any]) -> None:
+        self._task = task
+
+    def disarm(self) -> None:
+        self._task = None
+
+    def connection_lost(self) -> None:
+        self.lost = True
+        task = self._task
+        if task is not None:
+            self._task = None
+            self.cut = True
+            task.cancel()
 
 
 class _HeadTooLarge(Exception):
@@ -180,6 +223,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     body_since: float | None = None
     # Since when the transport's write buffer has been full (the client is not reading).
     stalled_since: float | None = None
+    # The latest request's (the one of self.cycle).
+    disconnect: Disconnect
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -225,12 +270,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadTooLarge
         self.head_since = None
         self.body_since = self.loop.time()
-        super().on_headers_complete()
+        self.disconnect = Disconnect()
+        self.scope["extensions"] = {DISCONNECT_EXTENSION: {"signal": self.disconnect}}
+        super().on_headers_complete()  # the request's cycle, with this scope
 
     def on_message_complete(self) -> None:
         self.body_since = None
         self.head_bytes = -1
         super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        cycle = self.cycle  # the latest request's, as self.disconnect is
+        if cycle is not None and cycle.disconnected:  # as uvicorn: not after the response
+            self.disconnect.connection_lost()
 
     def pause_writing(self) -> None:
         self.stalled_since = self.loop.time()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 import orjson
 
+from aigw.connections import DISCONNECT_EXTENSION, Disconnect
 from aigw.errors import GatewayError, PayloadTooLargeError
 
 __all__ = [
@@ -89,16 +90,49 @@ async def send_error(
     await send_json(send, error.status, orjson.dumps(error.to_dict()), extra + (headers or []))
 
 
-async def run_until_disconnect(receive: Receive, work: Awaitable[None]) -> bool:
-    """Await ``work``; cancel it at once if the client disconnects. True if it was cancelled.
+async def run_until_disconnect(
+    scope: Scope, receive: Receive, work: Coroutine[Any, Any, None]
+) -> bool:
+    """Await ``work``; cancel it at once if the client disconnects. True if it was cancelled
+    (or, the client being gone already, never started).
 
-    ``work`` runs in the calling task (no extra task, no asyncio.wait on the hot path); one
-    small watcher task waits for ``http.disconnect`` and cancels the caller. Only call after
-    the request body has been read: from then on the next ASGI message can only be
-    ``http.disconnect``.
+    ``work`` runs in the calling task (no extra task, no asyncio.wait on the hot path). Under
+    the gateway's own protocol the connection cancels it (:class:`~aigw.connections.Disconnect`
+    in the scope's extensions); under any other ASGI server one small watcher task waits for
+    ``http.disconnect`` and cancels the caller. Only call after the request body has been
+    read: from then on the next ASGI message can only be ``http.disconnect``.
     """
     task = asyncio.current_task()
     assert task is not None
+    extensions = scope.get("extensions")
+    offered = extensions.get(DISCONNECT_EXTENSION) if extensions else None
+    if offered is None:
+        return await _watching_receive(receive, work, task)
+    return await _armed(offered["signal"], work, task)
+
+
+async def _armed(
+    disconnect: Disconnect, work: Coroutine[Any, Any, None], task: asyncio.Task[Any]
+) -> bool:
+    if disconnect.lost:  # gone while its body was read or checked: nothing to start
+        work.close()
+        return True
+    disconnect.arm(task)
+    try:
+        await work
+    except asyncio.CancelledError:
+        if disconnect.cut:
+            task.uncancel()
+            return True
+        raise
+    finally:
+        disconnect.disarm()
+    return False
+
+
+async def _watching_receive(
+    receive: Receive, work: Coroutine[Any, Any, None], task: asyncio.Task[Any]
+) -> bool:
     finished = False
     disconnected = False
 

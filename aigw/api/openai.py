@@ -92,7 +92,7 @@ class ProxyEndpoint:
                 work = self._stream(principal, body, meta, state, tracked_send, record)
             else:
                 work = self._complete(principal, body, meta, state, tracked_send, settle, record)
-            if await run_until_disconnect(receive, work):
+            if await run_until_disconnect(scope, receive, work):
                 record.status = CLIENT_CLOSED if not response_started else record.status
         except GatewayError as exc:
             record.error_code = exc.code
