@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,15 +79,21 @@ class Disconnect:
     the response was complete.
     """
 
-    __slots__ = ("_task", "cut", "lost")
+    __slots__ = ("_resume_reading", "_task", "cut", "lost")
 
-    def __init__(self) -> None:
+    def __init__(self, resume_reading: Callable[[], None] | None = None) -> None:
+        self._resume_reading = resume_reading
         self._task: asyncio.Task[Any] | None = None
         self.lost = False  # the connection went before the response was complete
         self.cut = False  # the armed task was cancelled for it
 
     def arm(self, task: asyncio.Task[Any]) -> None:
         self._task = task
+        if self._resume_reading is not None:
+            # uvicorn stops reading while more than 64 KiB of body is unread and resumes
+            # in receive(), which the app no longer calls after the body: a closed
+            # connection is only seen while reading.
+            self._resume_reading()
 
     def disarm(self) -> None:
         self._task = None
@@ -270,8 +277,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadTooLarge
         self.head_since = None
         self.body_since = self.loop.time()
-        self.disconnect = Disconnect()
-        self.scope["extensions"] = {DISCONNECT_EXTENSION: {"signal": self.disconnect}}
+        self.disconnect = Disconnect(self.flow.resume_reading)
+        extensions = self.scope.setdefault("extensions", {})
+        extensions[DISCONNECT_EXTENSION] = {"signal": self.disconnect}
         super().on_headers_complete()  # the request's cycle, with this scope
 
     def on_message_complete(self) -> None:
@@ -281,7 +289,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        cycle = self.cycle  # the latest request's, as self.disconnect is
+        # The latest request's cycle, as self.disconnect is: like uvicorn's http.disconnect,
+        # an earlier request still working while a pipelined one waits is not cut.
+        cycle = self.cycle
         if cycle is not None and cycle.disconnected:  # as uvicorn: not after the response
             self.disconnect.connection_lost()
 

@@ -115,9 +115,12 @@ async def test_without_the_extension_a_watcher_waits_for_http_disconnect() -> No
     assert work.cancelled
 
 
-def test_guarded_protocol_cuts_the_request_when_the_client_closes() -> None:
+@pytest.mark.parametrize("body_bytes", [0, 200_000], ids=["no body", "body over 64 KiB"])
+def test_guarded_protocol_cuts_the_request_when_the_client_closes(body_bytes: int) -> None:
     """Over a real socket: the scope carries the Disconnect, and closing the connection
-    before the response cancels the app's work through it."""
+    before the response cancels the app's work through it. Also after a body large enough
+    for uvicorn to have stopped reading (it resumes only in receive(), which the app no
+    longer calls): a closed connection must still be seen."""
     seen: dict[str, Any] = {}
     armed = threading.Event()
     cancelled = threading.Event()
@@ -126,7 +129,7 @@ def test_guarded_protocol_cuts_the_request_when_the_client_closes() -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return
-        await request_body(receive)
+        seen["body"] = len(await request_body(receive))
         seen["signal"] = scope["extensions"][DISCONNECT_EXTENSION]["signal"]
         armed.set()  # run_until_disconnect arms it before its first await
 
@@ -140,11 +143,13 @@ def test_guarded_protocol_cuts_the_request_when_the_client_closes() -> None:
         seen["cut"] = await run_until_disconnect(scope, receive, wait_forever())
 
     protocol = ConnectionGuard(ConnectionLimits()).protocol_class()
+    head = f"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {body_bytes}\r\n\r\n".encode()
     with serve_in_thread(app, http=protocol) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            sock.sendall(head + b"x" * body_bytes)
             assert armed.wait(10)
         assert cancelled.wait(10)  # closed with no response yet
+    assert seen["body"] == body_bytes
     assert isinstance(seen["signal"], Disconnect)
     assert seen["signal"].cut
     assert seen["cut"] is True
